@@ -1,0 +1,110 @@
+"""Round-to-nearest weight-only quantization: pure per-group tensor functions, then the in-place handler.
+
+Grid convention is GPTQ's (IST-DASLab/gptq ``Quantizer``): asymmetric min-max over a range that always
+contains 0, so the integer zero point lies in [0, 2^b - 1] and packs in b bits; symmetric uses the
+midpoint as zero. Group statistics are per output row over ``group_size`` consecutive input columns.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+
+from quant import Footprint, QuantConfig, QuantError, register
+from quant.linears import plan
+
+RTN_BITS = (2, 3, 4, 5, 6, 8)
+SCALE_BITS = 16  # scales are stored as fp16 in every packed format we account for
+
+
+def grid_params(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero point per row of ``w`` (shape [..., n]) for a ``bits``-bit grid."""
+    maxq = 2**bits - 1
+    w = w.float()
+    xmin = w.amin(dim=-1).clamp(max=0)
+    xmax = w.amax(dim=-1).clamp(min=0)
+    if sym:
+        xmax = torch.maximum(xmin.abs(), xmax)
+        xmin = -xmax
+    degenerate = (xmin == 0) & (xmax == 0)  # an all-zero group: any scale reproduces it
+    xmin = torch.where(degenerate, -1.0, xmin)
+    xmax = torch.where(degenerate, 1.0, xmax)
+    scale = (xmax - xmin) / maxq
+    zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-xmin / scale)
+    return scale, zero
+
+
+def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes in [0, 2^b - 1]; ``scale``/``zero`` broadcast against ``w``."""
+    return torch.clamp(torch.round(w.float() / scale) + zero, 0, 2**bits - 1)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return scale * (q - zero)
+
+
+def check_group_size(in_features: int, group_size: int, name: str = "layer") -> None:
+    if group_size == -1:
+        return
+    if group_size < 1 or in_features % group_size:
+        divisors = [g for g in (256, 128, 64, 32, 16) if in_features % g == 0][:2]
+        hint = " or ".join(str(g) for g in divisors) or "-1"
+        raise QuantError(
+            f"group size {group_size} does not divide in_features={in_features} of {name}; "
+            f"use --group-size {hint} (or -1 for one group per row)"
+        )
+
+
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False) -> torch.Tensor:
+    """Quantize then dequantize ``w`` [out, in] per group; returns a tensor of ``w``'s dtype."""
+    out_f, in_f = w.shape
+    g = in_f if group_size == -1 else group_size
+    check_group_size(in_f, g)
+    groups = w.float().reshape(out_f, in_f // g, g)
+    scale, zero = grid_params(groups, bits, sym)
+    scale, zero = scale.unsqueeze(-1), zero.unsqueeze(-1)
+    return dequantize(quantize(groups, scale, zero, bits), scale, zero).reshape(out_f, in_f).to(w.dtype)
+
+
+def storage_bits(shape: tuple[int, int], bits: int, group_size: int, sym: bool) -> int:
+    """Bits of a packed layer: b-bit codes, one fp16 scale per group, a b-bit zero per group if asymmetric."""
+    out_f, in_f = shape
+    n_groups = out_f * (1 if group_size == -1 else in_f // group_size)
+    return out_f * in_f * bits + n_groups * (SCALE_BITS + (0 if sym else bits))
+
+
+@dataclass(frozen=True)
+class RTNConfig(QuantConfig):
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = False
+    keep: tuple[str, ...] = ()  # linears (names, globs or 'attention'/'ffn') left at 16 bit
+
+    method: ClassVar[str] = "rtn"
+
+    def __post_init__(self) -> None:
+        if self.bits not in RTN_BITS:
+            raise QuantError(f"RTN bits must be one of {', '.join(map(str, RTN_BITS))} (16 = unquantized); got {self.bits}")
+        if self.group_size != -1 and self.group_size < 1:
+            raise QuantError(f"group size must be a positive integer or -1 (per row); got {self.group_size}")
+        object.__setattr__(self, "keep", tuple(self.keep))
+
+    def label(self) -> str:
+        g = "row" if self.group_size == -1 else f"g{self.group_size}"
+        return f"{self.bits}bit-rtn-{g}" + ("-sym" if self.sym else "") + (f"-keep:{'+'.join(self.keep)}" if self.keep else "")
+
+
+@register(RTNConfig)
+@torch.no_grad()
+def rtn_(model: nn.Module, config: RTNConfig, **_: object) -> Footprint:
+    linears, fp = plan(model, config.keep)
+    for name, lin in linears.items():  # validate every layer before touching any
+        check_group_size(lin.in_features, config.group_size, name)
+    for name, lin in linears.items():
+        lin.weight.copy_(fake_quantize(lin.weight, config.bits, config.group_size, config.sym))
+        fp.linear_params += lin.weight.numel()
+        fp.linear_bits += storage_bits(tuple(lin.weight.shape), config.bits, config.group_size, config.sym)
+    fp.extra["quantized_linears"] = len(linears)
+    return fp
