@@ -42,6 +42,11 @@ def aliases() -> dict[str, dict[str, Any]]:
     return yaml.safe_load(ALIASES_FILE.read_text())
 
 
+def quant_defaults(name: str) -> dict[str, Any]:
+    """Quantizer options this model needs by default (e.g. a group size that divides its hidden size)."""
+    return dict((aliases().get(name) or {}).get("defaults", {}))
+
+
 def resolve(name: str) -> ModelRef:
     entry = aliases().get(name)
     if entry and "bundled" in entry:
@@ -83,6 +88,17 @@ def load(ref: ModelRef, dtype: Any = None, **load_kwargs: Any):
     tokenizer = AutoTokenizer.from_pretrained(ref.path)
     model.eval()
     return model, tokenizer
+
+
+def skeleton(ref: ModelRef):
+    """The model's module tree on the meta device: real layer names and shapes, no weights, no memory."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if ref.kind == "bundled":
+        _ensure_converted(ref)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(ref.path))
 
 
 def _bundled_file(name: str, package: str, file: str) -> Path:

@@ -119,6 +119,13 @@ def quantize_(model: nn.Module, config: QuantConfig, **ctx: Any) -> Footprint:
     return handler(model, config, **ctx)
 
 
+def validate(model: nn.Module, config: QuantConfig) -> None:
+    """Raise QuantError if ``config`` cannot apply to ``model`` (a meta-device skeleton is enough)."""
+    check = getattr(config, "validate", None)
+    if check:
+        check(model)
+
+
 def load_kwargs(config: QuantConfig) -> dict[str, Any]:
     """``from_pretrained`` kwargs for load-time methods; empty for post-load ones."""
     fn = getattr(config, "load_kwargs", None)

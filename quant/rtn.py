@@ -17,6 +17,7 @@ from quant.linears import plan
 
 RTN_BITS = (2, 3, 4, 5, 6, 8)
 SCALE_BITS = 16  # scales are stored as fp16 in every packed format we account for
+INDEX_BITS = 32  # channel and group indices are stored as int32, as GPTQ checkpoints store g_idx
 
 
 def grid_params(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,22 +58,50 @@ def check_group_size(in_features: int, group_size: int, name: str = "layer") -> 
         )
 
 
-def fake_quantize(w: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False) -> torch.Tensor:
-    """Quantize then dequantize ``w`` [out, in] per group; returns a tensor of ``w``'s dtype."""
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False,
+                  keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Quantize then dequantize ``w`` [out, in] per group; returns a tensor of ``w``'s dtype.
+
+    Input channels (columns) in ``keep`` come back unchanged and do not widen their group's range:
+    zeroing them first is exact, because every grid range already contains 0.
+    """
     out_f, in_f = w.shape
     g = in_f if group_size == -1 else group_size
     check_group_size(in_f, g)
-    groups = w.float().reshape(out_f, in_f // g, g)
+    src = w.float()
+    if keep is not None and keep.numel():
+        src = src.clone()
+        src[:, keep] = 0
+    groups = src.reshape(out_f, in_f // g, g)
     scale, zero = grid_params(groups, bits, sym)
     scale, zero = scale.unsqueeze(-1), zero.unsqueeze(-1)
-    return dequantize(quantize(groups, scale, zero, bits), scale, zero).reshape(out_f, in_f).to(w.dtype)
+    out = dequantize(quantize(groups, scale, zero, bits), scale, zero).reshape(out_f, in_f).to(w.dtype)
+    if keep is not None and keep.numel():
+        out[:, keep] = w[:, keep]
+    return out
 
 
-def storage_bits(shape: tuple[int, int], bits: int, group_size: int, sym: bool) -> int:
-    """Bits of a packed layer: b-bit codes, one fp16 scale per group, a b-bit zero per group if asymmetric."""
+def storage_bits(shape: tuple[int, int], bits: int, group_size: int, sym: bool, kept: int = 0,
+                 g_idx: bool = False) -> int:
+    """Bits of a packed layer: b-bit codes, one fp16 scale per group, a b-bit zero per group if asymmetric.
+
+    ``kept`` input channels are stored as fp16 columns plus an int32 index each, and need no codes.
+    ``g_idx``: groups follow a column permutation (GPTQ act-order), so an int32 group index per column
+    is stored, and groups cover only the quantized columns.
+    """
     out_f, in_f = shape
-    n_groups = out_f * (1 if group_size == -1 else in_f // group_size)
-    return out_f * in_f * bits + n_groups * (SCALE_BITS + (0 if sym else bits))
+    if group_size == -1:
+        groups_per_row = 1
+    elif g_idx:
+        groups_per_row = -(-(in_f - kept) // group_size)
+    else:
+        groups_per_row = in_f // group_size
+    return (
+        out_f * (in_f - kept) * bits
+        + out_f * groups_per_row * (SCALE_BITS + (0 if sym else bits))
+        + kept * (out_f * SCALE_BITS + INDEX_BITS)
+        + (in_f * INDEX_BITS if g_idx else 0)
+    )
 
 
 @dataclass(frozen=True)
@@ -81,6 +110,7 @@ class RTNConfig(QuantConfig):
     group_size: int = 128
     sym: bool = False
     keep: tuple[str, ...] = ()  # linears (names, globs or 'attention'/'ffn') left at 16 bit
+    keep_outliers: int = 0  # per linear, this many input channels of largest activation left at 16 bit
 
     method: ClassVar[str] = "rtn"
 
@@ -89,22 +119,38 @@ class RTNConfig(QuantConfig):
             raise QuantError(f"RTN bits must be one of {', '.join(map(str, RTN_BITS))} (16 = unquantized); got {self.bits}")
         if self.group_size != -1 and self.group_size < 1:
             raise QuantError(f"group size must be a positive integer or -1 (per row); got {self.group_size}")
+        if self.keep_outliers < 0:
+            raise QuantError(f"--keep-outliers must be 0 or more input channels; got {self.keep_outliers}")
         object.__setattr__(self, "keep", tuple(self.keep))
+
+    def validate(self, model: nn.Module) -> None:
+        """Raise if a keep pattern matches nothing or the group size does not divide some layer."""
+        linears, _ = plan(model, self.keep)
+        for name, lin in linears.items():
+            check_group_size(lin.in_features, self.group_size, name)
 
     def label(self) -> str:
         g = "row" if self.group_size == -1 else f"g{self.group_size}"
-        return f"{self.bits}bit-rtn-{g}" + ("-sym" if self.sym else "") + (f"-keep:{'+'.join(self.keep)}" if self.keep else "")
+        return (f"{self.bits}bit-rtn-{g}" + ("-sym" if self.sym else "") + (f"-keep:{'+'.join(self.keep)}" if self.keep else "")
+                + (f"-out{self.keep_outliers}" if self.keep_outliers else ""))
 
 
 @register(RTNConfig)
 @torch.no_grad()
-def rtn_(model: nn.Module, config: RTNConfig, **_: object) -> Footprint:
+def rtn_(model: nn.Module, config: RTNConfig, tokenizer=None, calib: torch.Tensor | None = None, **_: object) -> Footprint:
+    config.validate(model)  # every layer checked before any is touched
     linears, fp = plan(model, config.keep)
-    for name, lin in linears.items():  # validate every layer before touching any
-        check_group_size(lin.in_features, config.group_size, name)
+    kept: dict[str, torch.Tensor] = {}
+    if config.keep_outliers:
+        from quant.outliers import RTN_OUTLIER_CALIB, rtn_outlier_channels
+
+        kept = rtn_outlier_channels(model, linears, config.keep_outliers, tokenizer, calib)
+        fp.extra["outlier_calib"] = "given" if calib is not None else dict(RTN_OUTLIER_CALIB)
     for name, lin in linears.items():
-        lin.weight.copy_(fake_quantize(lin.weight, config.bits, config.group_size, config.sym))
+        cols = kept.get(name)
+        lin.weight.copy_(fake_quantize(lin.weight, config.bits, config.group_size, config.sym, keep=cols))
         fp.linear_params += lin.weight.numel()
-        fp.linear_bits += storage_bits(tuple(lin.weight.shape), config.bits, config.group_size, config.sym)
+        fp.linear_bits += storage_bits(tuple(lin.weight.shape), config.bits, config.group_size, config.sym,
+                                       kept=0 if cols is None else cols.numel())
     fp.extra["quantized_linears"] = len(linears)
     return fp

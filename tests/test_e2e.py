@@ -1,0 +1,60 @@
+"""End to end on the real bundled model: eval -> records -> CSV; resume; equality with stock lm-eval."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from evalsuite import store
+from evalsuite.__main__ import main
+
+pytestmark = pytest.mark.slow
+ARGV = ["eval", "--bits", "16", "4", "--suite", "smoke", "--limit", "2", "--run", "e2e", "--backend", "hf"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    assert main([*ARGV, "--results-dir", str(results)]) == 0
+    return results / "e2e"
+
+
+def test_records_and_csv(run_dir):
+    records, problems = store.read_run(run_dir)
+    assert problems == [] and len(records) == 2
+    for rec in records:
+        assert rec["status"] == "ok"
+        assert store.samples_path(run_dir, rec["cell_id"]).stat().st_size > 0
+        assert rec["model"]["fingerprint"].startswith("sha256:")
+        assert rec["tasks"]["gsm8k_cot_offline"]["n_shot"] == 7
+        assert rec["provenance"]["versions"]["lm_eval"]
+    csv = pd.read_csv(run_dir / "leaderboard.csv")
+    assert list(csv.columns[:6]) == ["model", "method", "bits", "group_size", "bits_per_weight", "packed_bytes"]
+    assert sorted(csv["bits"]) == [4, 16]
+    assert "mmlu_offline_smoke:acc" in csv.columns and "gsm8k_cot_offline:exact_match[strict-match]" in csv.columns
+    four = csv[csv["bits"] == 4].iloc[0]
+    assert four["group_size"] == 64 and four["bits_per_weight"] == pytest.approx(4 + 20 / 64)
+    assert four["packed_bytes"] < csv[csv["bits"] == 16].iloc[0]["packed_bytes"] / 2.5
+
+
+def test_second_run_recomputes_nothing(run_dir, capsys):
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.glob("*.json")}
+    assert main([*ARGV, "--results-dir", str(run_dir.parent)]) == 0
+    assert capsys.readouterr().err.count("skipped") == 2
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.glob("*.json")} == before
+
+
+def test_baseline_matches_stock_lm_eval_cli(run_dir, bundled_ref, tmp_path):
+    """Stock `lm_eval --model hf` on the same task YAML and checkpoint gives the same MMLU accuracy."""
+    out = tmp_path / "stock"
+    subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={bundled_ref.path},dtype=float32",
+         "--device", "cpu", "--tasks", "mmlu_offline_smoke", "--include_path", "tasks/offline", "--limit", "2",
+         "--batch_size", "8", "--output_path", str(out)],
+        check=True, capture_output=True, text=True,
+    )
+    stock = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    ours = next(r for r in store.read_run(run_dir)[0] if r["spec"]["bits"] == 16)["results"]
+    for task in stock:
+        assert ours[task]["acc,none"] == pytest.approx(stock[task]["acc,none"], abs=1e-12), task
