@@ -114,8 +114,8 @@ def run_cell(cell: CellSpec, ref: models.ModelRef, run_dir: Path, cid: str) -> d
             fewshot_random_seed=cell.seed, bootstrap_iters=1000,
         )
         timing["eval_s"] = time.perf_counter() - t0
-    samples = [
-        {"task": task, **{k: s[k] for k in SAMPLE_KEYS if k in s}}
+    samples = [  # per-item metric values (keys named in s["metrics"]) feed paired tests and flips
+        {"task": task, **{k: s[k] for k in (*SAMPLE_KEYS, *s.get("metrics", ())) if k in s}}
         for task, rows in out.get("samples", {}).items() for s in rows
     ]
     store.write_jsonl(store.samples_path(run_dir, cid), samples)
