@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from evalsuite import models, store
+from evalsuite import fidelity, models, store
 from evalsuite.errors import UsageError
 from evalsuite.spec import OFFLINE_DIR, TASKS_DIR, CellSpec, cell_id, known_task_names
 from quant import QuantError
@@ -102,9 +102,14 @@ def run_cell(cell: CellSpec, ref: models.ModelRef, run_dir: Path, cid: str) -> d
         load_ref = cell.quant.prepare(ref) if hasattr(cell.quant, "prepare") else ref
         model, tok = models.load(load_ref, **quant.load_kwargs(cell.quant))
         timing["load_s"] = time.perf_counter() - t0
+        ids = fidelity.probe_ids(tok)
+        # post-load methods: the unquantized distributions are taken from this very model before it changes
+        reference = None if cell.quant.load_time else fidelity.logprobs(model, ids)[0]
         t0 = time.perf_counter()
         footprint = quant.quantize_(model, cell.quant, tokenizer=tok, ref=load_ref)
         timing["quantize_s"] = time.perf_counter() - t0
+        heldout = fidelity.measure(*fidelity.logprobs(model, ids), ref=reference)
+        del reference
         lm = make_lm(cell.backend, model, tok, cell.batch_size)
         t0 = time.perf_counter()
         out = simple_evaluate(
@@ -131,6 +136,7 @@ def run_cell(cell: CellSpec, ref: models.ModelRef, run_dir: Path, cid: str) -> d
                   "params": sum(p.numel() for p in model.parameters())},
         "quant": {**cell.quant.to_dict(), "label": cell.quant.label()},
         "footprint": footprint.summary(),
+        "heldout": heldout,
         "eval": {
             "backend": cell.backend,
             "batch_size": getattr(lm, "batch_size", cell.batch_size),

@@ -59,18 +59,22 @@ def heldout_ids(tokenizer, max_tokens: int | None = 4096) -> torch.Tensor:
 
 
 @torch.no_grad()
-def perplexity(model, ids: torch.Tensor, seqlen: int = 512) -> float:
-    """Token-level perplexity over non-overlapping windows of ``seqlen`` (the GPTQ paper's protocol)."""
+def window_logprobs(model, ids: torch.Tensor, seqlen: int = 512):
+    """Yield (log-probs [n, vocab] of the next token, the n target ids) per non-overlapping window."""
     device = next(model.parameters()).device
-    nll, count = 0.0, 0
     for start in range(0, len(ids) - 1, seqlen):
         window = ids[start : start + seqlen].unsqueeze(0).to(device)
         if window.shape[1] < 2:
             break
-        logits = model(window).logits.float()
-        logp = torch.log_softmax(logits[0, :-1], dim=-1)
-        nll -= logp.gather(1, window[0, 1:, None]).sum().item()
-        count += window.shape[1] - 1
+        yield torch.log_softmax(model(window).logits[0, :-1].float(), dim=-1), window[0, 1:]
+
+
+def perplexity(model, ids: torch.Tensor, seqlen: int = 512) -> float:
+    """Token-level perplexity over non-overlapping windows of ``seqlen`` (the GPTQ paper's protocol)."""
+    nll, count = 0.0, 0
+    for logp, target in window_logprobs(model, ids, seqlen):
+        nll -= logp.gather(1, target[:, None]).sum().item()
+        count += len(target)
     return math.exp(nll / count)
 
 
