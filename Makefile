@@ -9,8 +9,9 @@ RUN     ?= default
 GROUP   ?=
 BACKEND ?= hf
 ARGS    ?=
+CONFIG  ?= sweeps/local.yaml
 
-.PHONY: setup eval table test ls
+.PHONY: setup eval sweep table test ls
 setup: .venv/.installed
 
 # torch first, from the CPU build pinned in constraints.txt (a bare `torch` would pull a multi-GB CUDA build);
@@ -26,6 +27,9 @@ setup: .venv/.installed
 eval: setup
 	$(PY) -m evalsuite eval --model $(MODEL) --method $(METHOD) --bits $(BITS) --suite $(SUITE) --limit "$(LIMIT)" \
 		--run $(RUN) --backend $(BACKEND) $(if $(GROUP),--group-size $(GROUP)) $(ARGS)
+
+sweep: setup
+	$(PY) -m evalsuite sweep $(CONFIG) $(if $(LIMIT),--limit $(LIMIT)) $(if $(filter-out default,$(RUN)),--run $(RUN)) $(ARGS)
 
 table: setup
 	$(PY) -m evalsuite table --run $(RUN)

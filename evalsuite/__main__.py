@@ -1,4 +1,4 @@
-"""CLI: ``evalsuite eval | table | ls``. Parses, calls the library, prints. Bad input: one line, exit 2."""
+"""CLI: ``evalsuite eval | sweep | table | ls``. Parses, calls the library, prints. Bad input: one line, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", default="hf", help="evalsuite (fast, metered) or hf (stock lm-eval HFLM)")
     e.add_argument("--chat-template", action="store_true", help="apply the tokenizer's chat template to prompts")
 
+    s = sub.add_parser("sweep", help="run a sweep file (models x methods x bits x suites); resumable")
+    s.add_argument("config", type=Path, help="sweep YAML, e.g. sweeps/local.yaml")
+    s.add_argument("--run", help="results/<RUN>/ (default: the file's run, else its name)")
+    s.add_argument("--limit", default=None, help="items per task (overrides the file)")
+    s.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
+    s.add_argument("--dry-run", action="store_true", help="list the cells, their ids and which are done; run nothing")
+    s.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed")
+    s.add_argument("--quiet", action="store_true", help="one line per cell, no progress bars (CI logs)")
+
     t = sub.add_parser("table", help="print a run's comparison table and write its leaderboard.csv")
     t.add_argument("--run", default="default")
     t.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
@@ -67,7 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from evalsuite import models
     from evalsuite.evaluate import run_cells
     from evalsuite.spec import BACKENDS, CellSpec, check_run_name, expand_suite, make_quant_config
 
@@ -79,18 +87,37 @@ def cmd_eval(args: argparse.Namespace) -> None:
     tasks = expand_suite(args.suite)
     options = {k: v for k, v in {"group_size": args.group_size, "sym": args.sym,
                                   "keep": tuple(args.keep) if args.keep else None}.items() if v is not None}
-    import quant
-
-    fields = quant.config_class(args.method).__dataclass_fields__
-    defaults = {k: v for k, v in models.quant_defaults(args.model).items() if k in fields and k not in options}
     cells = [
-        CellSpec(model=args.model, quant=make_quant_config(args.method, b, {**defaults, **options} if b != 16 else {}),
+        CellSpec(model=args.model, quant=make_quant_config(args.method, b, options, model=args.model),
                  suite=args.suite, tasks=tasks, limit=limit, seed=args.seed, backend=args.backend,
                  batch_size=_batch(args.batch_size), chat_template=args.chat_template)
         for b in dict.fromkeys(bits)
     ]
     run_dir = args.results_dir / run
-    run_cells(cells, run_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
+    run_cells(cells, run_dir, log=_log)
+    _print_table(run_dir)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    import os
+
+    from evalsuite import sweep
+    from evalsuite.evaluate import plan, preflight, run_cells
+
+    doc = sweep.load(args.config)
+    cells = sweep.cells(doc, _limit(args.limit) if args.limit is not None else None)
+    run_dir = args.results_dir / sweep.run_name(doc, args.run, args.config)
+    if args.dry_run:
+        for cell, _, cid, state in plan(cells, run_dir, preflight(cells)):
+            print(f"{cid}  {state:7s}  {cell.model} {cell.quant.label()} {cell.suite}")
+        return
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    run_cells(cells, run_dir, log=_log, retry_failed=args.retry_failed)
     _print_table(run_dir)
 
 
@@ -141,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
-        {"eval": cmd_eval, "table": cmd_table, "ls": cmd_ls}[args.command](args)
+        {"eval": cmd_eval, "sweep": cmd_sweep, "table": cmd_table, "ls": cmd_ls}[args.command](args)
     except (UsageError, QuantError) as e:
         print(f"evalsuite: error: {e}", file=sys.stderr)
         return 2

@@ -149,41 +149,56 @@ def run_cell(cell: CellSpec, ref: models.ModelRef, run_dir: Path, cid: str) -> d
     }
 
 
+def plan(cells: list[CellSpec], run_dir: Path, refs: dict[str, models.ModelRef]) -> list[tuple[CellSpec, dict, str, str]]:
+    """(cell, identity, cell id, state) per cell; state is done, failed, corrupt (unusable record) or todo."""
+    out = []
+    for cell in cells:
+        identity = cell.identity(refs[cell.model].fingerprint)
+        cid = cell_id(identity)
+        path = store.record_path(run_dir, cid)
+        state = "todo"
+        if path.exists():
+            rec, _ = store.read_record(path)
+            state = "corrupt" if rec is None else "done" if rec["status"] == "ok" else "failed"
+        out.append((cell, identity, cid, state))
+    return out
+
+
 def run_cells(cells: list[CellSpec], run_dir: Path, log: Callable[[str], None] = print, retry_failed: bool = False) -> list[dict]:
     """Evaluate every cell whose record does not exist yet; return all records of these cells.
 
     A cell that raises (OOM, NaN, a load error) is recorded as failed and the rest go on; bad user input
-    (UsageError, QuantError) is caught by ``preflight`` before anything is written.
+    (UsageError, QuantError) is caught by ``preflight`` before anything is written. An unusable record is
+    reported and its cell recomputed.
     """
     from evalsuite.provenance import environment
 
     refs = preflight(cells)
-    records = []
-    for i, cell in enumerate(cells, 1):
-        ref = refs[cell.model]
-        identity = cell.identity(ref.fingerprint)
-        cid = cell_id(identity)
+    records, spent = [], []
+    steps = plan(cells, run_dir, refs)
+    for i, (cell, identity, cid, state) in enumerate(steps, 1):
         path = store.record_path(run_dir, cid)
         label = f"[{i}/{len(cells)}] {cell.model} {cell.quant.label()} {cell.suite}"
-        if path.exists():
-            rec, problem = store.read_record(path)
-            if rec is not None and (rec["status"] == "ok" or not retry_failed):
-                log(f"{label}: done before ({rec['status']}), skipped")
-                records.append(rec)
-                continue
-            if problem:
-                log(f"{label}: {path.name} {problem}; recomputing")
-        log(f"{label}: running")
+        if state == "done" or (state == "failed" and not retry_failed):
+            log(f"{label}: {state} before, skipped")
+            records.append(store.read_record(path)[0])
+            continue
+        if state == "corrupt":
+            log(f"{label}: {path.name} {store.read_record(path)[1]}; recomputing")
+        todo = sum(1 for *_, st in steps[i - 1 :] if st != "done")
+        eta = f" (about {sum(spent) / len(spent) * todo / 60:.0f} min left)" if spent else ""
+        log(f"{label}: running{eta}")
         t0 = time.perf_counter()
         head = {"schema": store.SCHEMA_VERSION, "cell_id": cid, "spec": _spec_dict(cell), "identity": identity}
         try:
-            body = {"status": "ok", **run_cell(cell, ref, run_dir, cid)}
+            body = {"status": "ok", **run_cell(cell, refs[cell.model], run_dir, cid)}
         except (UsageError, QuantError):
             raise
         except Exception as e:  # noqa: BLE001 - a failed cell is data; the sweep goes on
             body = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
             log(f"{label}: FAILED: {body['error']}")
-        rec = {**head, **body, "wall_s": round(time.perf_counter() - t0, 2),
+        spent.append(time.perf_counter() - t0)
+        rec = {**head, **body, "wall_s": round(spent[-1], 2),
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "provenance": environment()}
         store.write_json(path, rec)
         if rec["status"] == "ok":
@@ -198,7 +213,3 @@ def _spec_dict(cell: CellSpec) -> dict[str, Any]:
     d["bits"] = getattr(cell.quant, "bits", 16)
     d["method"] = cell.quant.method
     return d
-
-
-def stderr_log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

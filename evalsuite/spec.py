@@ -130,13 +130,17 @@ def tasks_hash(tasks: tuple[str, ...]) -> str:
     return _offline_tree_hash() if offline else ""
 
 
-def make_quant_config(method: str, bits: int, options: dict[str, Any]) -> QuantConfig:
-    """``bits == 16`` is the unquantized baseline for every method. ``options`` holds only what the user set."""
+def make_quant_config(method: str, bits: int, options: dict[str, Any], model: str | None = None) -> QuantConfig:
+    """``bits == 16`` is the unquantized baseline for every method. ``options`` holds only what the user set;
+    the model's own defaults (models.yaml, e.g. a group size that divides its hidden size) fill the rest."""
     if bits == 16:
         return NoQuant()
+    from evalsuite.models import quant_defaults
+
     cls = quant.config_class(method)
     fields = set(cls.__dataclass_fields__)
     unknown = sorted(k for k in options if k not in fields)
     if unknown:
         raise UsageError(f"method {method} takes no {', '.join('--' + k.replace('_', '-') for k in unknown)}")
-    return cls(bits=bits, **options)
+    defaults = {k: v for k, v in quant_defaults(model).items() if k in fields} if model else {}
+    return cls(bits=bits, **{**defaults, **options})
