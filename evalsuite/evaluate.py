@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 from evalsuite import fidelity, models, store
 from evalsuite.errors import UsageError
-from evalsuite.spec import OFFLINE_DIR, TASKS_DIR, CellSpec, cell_id, known_task_names
+from evalsuite.spec import OFFLINE_DIR, TASKS_DIR, CellSpec, cell_id, check_offline_data, known_task_names
 from quant import QuantError
 
 SAMPLE_KEYS = ("doc_id", "target", "resps", "filtered_resps", "filter", "metrics", "doc_hash", "prompt_hash")
@@ -42,6 +42,9 @@ def preflight(cells: list[CellSpec]) -> dict[str, models.ModelRef]:
     import quant
 
     refs: dict[str, models.ModelRef] = {}
+    for tasks in {cell.tasks for cell in cells}:
+        configure_environment(tasks)
+        check_offline_data(tasks)
     for cell in cells:
         if cell.model not in refs:
             refs[cell.model] = models.resolve(cell.model)

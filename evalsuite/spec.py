@@ -101,18 +101,54 @@ def expand_suite(names: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+class _TaskYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """Reads lm-eval task YAML, keeping ``!function module.name`` as the plain string ``module.name``."""
+
+
+_TaskYamlLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
 @lru_cache(maxsize=1)
-def known_task_names() -> frozenset[str]:
-    """Offline task and group names, read from the YAML files directly (lm-eval's TaskManager takes seconds)."""
-    names = set()
+def offline_index() -> dict[str, dict[str, Any]]:
+    """Offline task and group name -> its YAML (``include`` resolved), read directly: lm-eval's TaskManager
+    indexes every bundled task and takes seconds."""
+    index = {}
     for f in OFFLINE_DIR.glob("*.yaml"):
-        head = yaml.safe_load(_strip_tags(f.read_text())) or {}
-        names.update(v for k, v in head.items() if k in ("task", "group") and isinstance(v, str))
-    return frozenset(names)
+        doc = yaml.load(f.read_text(), Loader=_TaskYamlLoader) or {}
+        if "include" in doc:
+            doc = {**yaml.load((OFFLINE_DIR / doc["include"]).read_text(), Loader=_TaskYamlLoader), **doc}
+        name = doc.get("group") or doc.get("task")
+        if isinstance(name, str):
+            index[name] = doc
+    return index
 
 
-def _strip_tags(text: str) -> str:
-    return re.sub(r"!function\s+\S+", "null", text)
+def known_task_names() -> frozenset[str]:
+    return frozenset(offline_index())
+
+
+def check_offline_data(tasks: tuple[str, ...]) -> None:
+    """Load every bundled data file the tasks read, through the same loader lm-eval will call, so a missing
+    or malformed file is one line naming it (and the line) before anything runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evalsuite_offline_loader", OFFLINE_DIR / "loader.py")
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    index, seen = offline_index(), set()
+    pending = [t for t in tasks if t in index]
+    while pending:
+        doc = index[pending.pop()]
+        if "group" in doc:
+            pending += [t for t in doc["task"] if t in index and t not in seen]
+            seen.update(doc["task"])
+            continue
+        module, _, fn = str(doc.get("custom_dataset", "")).partition(".")
+        if module == "loader":
+            try:
+                getattr(loader, fn)(**doc.get("dataset_kwargs", {}))
+            except loader.OfflineDataError as e:
+                raise UsageError(str(e)) from None
 
 
 @lru_cache(maxsize=1)

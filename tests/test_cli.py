@@ -42,3 +42,35 @@ def test_ls_lists_suites_methods_models(capsys):
     for what, expected in (("suites", "smoke"), ("methods", "rtn"), ("models", "smollm2-135m"), ("tasks", "gsm8k_cot_offline")):
         assert main(["ls", what]) == 0
         assert expected in capsys.readouterr().out
+
+
+@pytest.fixture
+def offline_copy(tmp_path, monkeypatch):
+    """A private copy of tasks/offline that a test may break, swapped in for the real one."""
+    import shutil
+
+    from evalsuite import spec
+
+    copy = tmp_path / "offline"
+    shutil.copytree(spec.OFFLINE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(spec, "OFFLINE_DIR", copy)
+    spec.offline_index.cache_clear()
+    yield copy
+    spec.offline_index.cache_clear()
+
+
+def test_malformed_task_data_names_file_and_line(offline_copy, tmp_path, capsys):
+    data = offline_copy / "data" / "gsm8k" / "gsm8k_cot.jsonl"
+    lines = data.read_text().splitlines()
+    lines[2] = lines[2][:40]
+    data.write_text("\n".join(lines) + "\n")
+    rc = main(["eval", "--suite", "smoke", "--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{data}:3: not valid JSON" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_task_data_file_is_named(offline_copy, tmp_path, capsys):
+    (offline_copy / "data" / "ifeval" / "ifeval_offline.jsonl").unlink()
+    assert main(["eval", "--suite", "if", "--results-dir", str(tmp_path / "r")]) == 2
+    assert "ifeval_offline.jsonl is missing" in capsys.readouterr().err
