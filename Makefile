@@ -10,6 +10,7 @@ GROUP   ?=
 BACKEND ?= hf
 ARGS    ?=
 CONFIG  ?= sweeps/local.yaml
+BOND    ?=
 
 .PHONY: setup eval sweep table test ls
 setup: .venv/.installed
@@ -26,7 +27,7 @@ setup: .venv/.installed
 
 eval: setup
 	$(PY) -m evalsuite eval --model $(MODEL) --method $(METHOD) --bits $(BITS) --suite $(SUITE) --limit "$(LIMIT)" \
-		--run $(RUN) --backend $(BACKEND) $(if $(GROUP),--group-size $(GROUP)) $(ARGS)
+		--run $(RUN) --backend $(BACKEND) $(if $(GROUP),--group-size $(GROUP)) $(if $(BOND),--bond-dim $(BOND)) $(ARGS)
 
 sweep: setup
 	$(PY) -m evalsuite sweep $(CONFIG) $(if $(LIMIT),--limit $(LIMIT)) $(if $(filter-out default,$(RUN)),--run $(RUN)) $(ARGS)

@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--group-size", type=int, help="quantization group size (-1: one group per row); default 128, or the model's")
     e.add_argument("--sym", action="store_true", default=None, help="symmetric grid (default: asymmetric with zero point)")
     e.add_argument("--keep", nargs="+", help="linears left at 16 bit: attention, ffn, or globs over module names")
+    m = e.add_argument_group("MPO (--method mpo | mpo+rtn): exactly one of --bond-dim, --rel-error, --mpo-ratio")
+    m.add_argument("--bond-dim", type=int, help="bond dimension cap D")
+    m.add_argument("--rel-error", type=float, help="per-layer relative Frobenius error budget, in (0, 1)")
+    m.add_argument("--mpo-ratio", type=float, help="per-layer target compression ratio, in (0, 1]")
+    m.add_argument("--n-factors", type=int, help="cores per layer (default 5, as MPOP)")
+    m.add_argument("--mpo-factors", nargs="+", help="explicit factorizations such as 576=3x4x4x4x3")
+    m.add_argument("--aux-bits", type=int, help="mpo+rtn: bits of the small auxiliary cores (16 = unquantized)")
+    m.add_argument("--mpo-contract", action="store_true", default=None,
+                   help="evaluate by contracting the cores per call instead of rebuilding W once (slow; the real MPO cost)")
     e.add_argument("--suite", default="smoke", help="suite(s) or task(s), comma-separated (evalsuite ls suites)")
     e.add_argument("--limit", default="", type=str, help="items per task (default: all)")
     e.add_argument("--run", default="default", help="results/<RUN>/ receives the records")
@@ -85,14 +94,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.backend not in BACKENDS:
         raise UsageError(f"unknown backend {args.backend!r}; use one of {', '.join(BACKENDS)}")
     tasks = expand_suite(args.suite)
-    options = {k: v for k, v in {"group_size": args.group_size, "sym": args.sym,
-                                  "keep": tuple(args.keep) if args.keep else None}.items() if v is not None}
+    options = {k: v for k, v in {
+        "group_size": args.group_size, "sym": args.sym, "keep": tuple(args.keep) if args.keep else None,
+        "bond_dim": args.bond_dim, "rel_error": args.rel_error, "ratio": args.mpo_ratio, "n_factors": args.n_factors,
+        "factors": tuple(args.mpo_factors) if args.mpo_factors else None, "aux_bits": args.aux_bits,
+        "dense": False if args.mpo_contract else None,
+    }.items() if v is not None}
     cells = [
         CellSpec(model=args.model, quant=make_quant_config(args.method, b, options, model=args.model),
                  suite=args.suite, tasks=tasks, limit=limit, seed=args.seed, backend=args.backend,
                  batch_size=_batch(args.batch_size), chat_template=args.chat_template)
         for b in dict.fromkeys(bits)
     ]
+    cells = list({c.quant: c for c in cells}.values())  # e.g. MPO: one cell whatever the bits
     run_dir = args.results_dir / run
     run_cells(cells, run_dir, log=_log)
     _print_table(run_dir)

@@ -138,7 +138,7 @@ def run_cell(cell: CellSpec, ref: models.ModelRef, run_dir: Path, cid: str) -> d
         "model": {"name": ref.name, "kind": ref.kind, "source": ref.source, "fingerprint": ref.fingerprint,
                   "params": sum(p.numel() for p in model.parameters())},
         "quant": {**cell.quant.to_dict(), "label": cell.quant.label()},
-        "footprint": footprint.summary(),
+        "footprint": {**footprint.summary(), "layers": footprint.layers},
         "heldout": heldout,
         "eval": {
             "backend": cell.backend,

@@ -179,4 +179,5 @@ def make_quant_config(method: str, bits: int, options: dict[str, Any], model: st
     if unknown:
         raise UsageError(f"method {method} takes no {', '.join('--' + k.replace('_', '-') for k in unknown)}")
     defaults = {k: v for k, v in quant_defaults(model).items() if k in fields} if model else {}
-    return cls(bits=bits, **{**defaults, **options})
+    # methods without a bit width (MPO: its size is set by the bond) give one cell for any bits but 16
+    return cls(**({"bits": bits} if "bits" in fields else {}), **{**defaults, **options})

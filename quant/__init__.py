@@ -134,10 +134,5 @@ def load_kwargs(config: QuantConfig) -> dict[str, Any]:
 
 def _load_builtin() -> None:
     # An explicit import list is the whole registry: each module registers its configs on import.
-    from quant import baseline, rtn  # noqa: F401
-    for optional in ("gptq", "bnb", "mpo"):
-        try:
-            __import__(f"quant.{optional}")
-        except ModuleNotFoundError as e:
-            if e.name != f"quant.{optional}":
-                raise
+    # None of them imports a heavy backend (bitsandbytes, gptqmodel) at module level.
+    from quant import baseline, bnb, gptq, mpo, rtn  # noqa: F401
