@@ -136,15 +136,14 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def _print_table(run_dir: Path) -> None:
-    from evalsuite import report, store
+    from evalsuite import export, report, store
 
     records, problems = store.read_run(run_dir)
     for line in problems:
         print(f"warning: {line}", file=sys.stderr)
-    board = report.leaderboard(report.tidy(records))
-    report.write_csv(board, run_dir / "leaderboard.csv")
-    print(report.format_table(board))
-    print(f"\nwrote {run_dir / 'leaderboard.csv'} ({len(board)} cells)")
+    paths = export.export_all(run_dir)  # leaderboard.csv, significance, flips, report.md/.tex, plots
+    print(report.format_table(export.summary(report.leaderboard(report.tidy(records)))))
+    print(f"\nwrote {len(paths)} files to {run_dir}: {', '.join(p.name for p in paths)}")
 
 
 def cmd_table(args: argparse.Namespace) -> None:

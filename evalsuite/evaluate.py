@@ -130,6 +130,7 @@ def run_cell(cell: CellSpec, ref: models.ModelRef, run_dir: Path, cid: str) -> d
     return {
         "results": out["results"],
         "groups": out.get("groups", {}),
+        "group_subtasks": out.get("group_subtasks", {}),  # which top-level task each sample's subtask counts toward
         "tasks": {
             t: {"version": out["versions"].get(t), "n_shot": out["n-shot"].get(t), "n": out["n-samples"].get(t, {}).get("effective")}
             for t in out["results"]

@@ -1,0 +1,261 @@
+"""Report API on synthetic records with hand-checkable numbers: tidy frame, normalization, ability pivot,
+retention, the paired significance test against known answers, flips. ``write_synthetic_run`` is the record
+factory the export and notebook tests share."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evalsuite import report, store
+
+MMLU_SUBTASKS = ("mmlu_offline_anatomy", "mmlu_offline_virology")  # real members of the offline mmlu group
+
+# Per-item right (1) / wrong (0) verdicts; scores are their means. Hand-computed consequences in the tests below.
+TINY = {
+    16: {"mmlu_offline": [1, 1, 1, 0, 1, 1, 1, 0], "gsm8k_cot_offline": [1, 1, 1, 0, 0], "ifeval_offline": [1, 1, 0, 0]},
+    4: {"mmlu_offline": [1, 1, 0, 0, 1, 1, 1, 0], "gsm8k_cot_offline": [1, 1, 0, 1, 0], "ifeval_offline": [1, 0, 1, 0]},
+    2: {"mmlu_offline": [0, 1, 0, 1, 0, 0, 0, 0], "gsm8k_cot_offline": [0, 0, 0, 0, 0], "ifeval_offline": [0, 0, 0, 1]},
+}
+TINY_PPL = {16: 10.0, 4: 12.0, 2: 50.0}
+TINY_HELDOUT = {16: (9.0, 0.0, 1.0), 4: (9.5, 0.05, 0.95), 2: (30.0, 0.9, 0.6)}  # token_ppl, kl_mean, top1_agreement
+
+
+def _label(bits, method, group_size):
+    return "16bit" if bits == 16 else f"{bits}bit-{method}-g{group_size}"
+
+
+def _mean_se(values):
+    v = np.asarray(values, float)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def _samples_and_results(task, values):
+    """lm-eval-shaped per-item rows and results entries for one task."""
+    rows, results = [], {}
+    if task == "mmlu_offline":
+        half = len(values) // 2
+        for k, sub in enumerate(MMLU_SUBTASKS):
+            part = values[k * half:(k + 1) * half]
+            rows += [{"task": sub, "doc_id": i, "target": 0, "filter": "none", "metrics": ["acc"],
+                      "doc_hash": f"{sub}-{i}", "acc": float(v),
+                      "filtered_resps": [[-0.5, True], [-2.0, False]] if v else [[-2.0, False], [-0.5, True]]}
+                     for i, v in enumerate(part)]
+            m, se = _mean_se(part)
+            results[sub] = {"name": sub, "alias": sub, "sample_len": half, "acc,none": m, "acc_stderr,none": se}
+        m, se = _mean_se(values)
+        results[task] = {"alias": task, "name": task, "sample_len": len(values), "acc,none": m, "acc_stderr,none": se,
+                         "sample_count": {"acc,none": len(values)}}
+    elif task == "gsm8k_cot_offline":
+        flexible = [*values[:-1], 1]  # the flexible filter also finds the last item's number
+        for filt, vals in (("strict-match", values), ("flexible-extract", flexible)):
+            rows += [{"task": task, "doc_id": i, "target": "42", "filter": filt, "metrics": ["exact_match"],
+                      "doc_hash": f"g-{i}", "filtered_resps": ["42" if v else "7"], "exact_match": float(v)}
+                     for i, v in enumerate(vals)]
+            m, se = _mean_se(vals)
+            results.setdefault(task, {"alias": task})
+            results[task].update({f"exact_match,{filt}": m, f"exact_match_stderr,{filt}": se})
+    elif task == "ifeval_offline":
+        rows += [{"task": task, "doc_id": i, "target": "", "filter": "none", "doc_hash": f"i-{i}",
+                  "metrics": ["prompt_level_strict_acc", "inst_level_strict_acc"], "filtered_resps": ["..."],
+                  "prompt_level_strict_acc": bool(v), "inst_level_strict_acc": [bool(v), True]} for i, v in enumerate(values)]
+        results[task] = {"alias": task, "prompt_level_strict_acc,none": float(np.mean(values)),
+                         "prompt_level_strict_acc_stderr,none": "N/A",
+                         "inst_level_strict_acc,none": float(np.mean([[v, 1] for v in values]))}
+    return rows, results
+
+
+def write_cell(run_dir, cid, bits, items, *, model="tiny", method="rtn", group_size=64, ppl=None, heldout=None,
+               status="ok", group_subtasks=True):
+    """Write one synthetic record (and its samples log) the way evalsuite.evaluate.run_cells does."""
+    tasks = [*items, *(["ppl_offline"] if ppl else [])]
+    bpw = 16.0 if bits == 16 else bits + 32 / group_size
+    rec = {
+        "schema": store.SCHEMA_VERSION, "cell_id": cid, "status": status, "identity": {"synthetic": cid},
+        "spec": {"model": model, "quant": {"bits": bits, "group_size": None if bits == 16 else group_size,
+                                           "label": _label(bits, method, group_size)},
+                 "suite": "synthetic", "tasks": tasks, "limit": None, "seed": 1234, "backend": "hf",
+                 "batch_size": 8, "chat_template": False, "bits": bits, "method": "none" if bits == 16 else method},
+        "wall_s": 1.0, "created": f"2026-01-01T00:00:{bits:02d}+00:00",
+    }
+    if status != "ok":
+        store.write_json(store.record_path(run_dir, cid), {**rec, "error": "RuntimeError: out of memory"})
+        return
+    samples, results = [], {}
+    for task, values in items.items():
+        rows, res = _samples_and_results(task, values)
+        samples += rows
+        results.update(res)
+    if ppl:
+        results["ppl_offline"] = {"alias": "ppl_offline", "word_perplexity,none": ppl, "word_perplexity_stderr,none": "N/A",
+                                  "bits_per_byte,none": round(math.log2(ppl) / 4, 6)}
+        samples.append({"task": "ppl_offline", "doc_id": 0, "filter": "none", "doc_hash": "p-0",
+                        "metrics": ["word_perplexity"], "word_perplexity": [-120.0, 50]})
+    rec.update({
+        "results": results, "tasks": {t: {"version": 1, "n_shot": 0, "n": 4} for t in results},
+        "model": {"name": model, "params": 1_000_000}, "quant": rec["spec"]["quant"],
+        "footprint": {"bits_per_weight": bpw, "packed_bytes": int(1_000_000 * bpw / 8)},
+    })
+    if group_subtasks:
+        rec["group_subtasks"] = {"mmlu_offline": list(MMLU_SUBTASKS)} if "mmlu_offline" in items else {}
+    if heldout:
+        rec["heldout"] = dict(zip(("token_ppl", "kl_mean", "top1_agreement"), heldout), tokens=4096)
+    store.write_jsonl(store.samples_path(run_dir, cid), samples)
+    store.write_json(store.record_path(run_dir, cid), rec)
+
+
+def write_synthetic_run(run_dir):
+    """Model ``tiny`` at 16, 4 and 2 bit (RTN g64) plus a failed 3-bit cell; model ``tiny-b`` at 16 and 4 bit
+    (GPTQ g64) on MMLU only, whose 4-bit cell must be compared with tiny-b's baseline, not tiny's."""
+    for bits in (16, 4, 2):
+        write_cell(run_dir, f"tiny{bits:02d}", bits, TINY[bits], ppl=TINY_PPL[bits], heldout=TINY_HELDOUT[bits])
+    write_cell(run_dir, "tiny03", 3, {}, status="failed")
+    write_cell(run_dir, "tinyb16", 16, {"mmlu_offline": [1, 0, 1, 0, 1, 0, 1, 0]}, model="tiny-b")
+    write_cell(run_dir, "tinyb04", 4, {"mmlu_offline": [1, 0, 1, 0, 0, 0, 1, 0]}, model="tiny-b", method="gptq")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = write_synthetic_run(tmp_path_factory.mktemp("run"))
+    return run_dir, report.load(run_dir)
+
+
+def test_normalize_is_open_llm_leaderboard_formula():
+    assert report.normalize(0.55, 0.25) == pytest.approx(0.4)
+    assert report.normalize(0.2, 0.25) == 0.0  # below chance clips to 0
+    assert report.normalize(0.3, 0.0) == pytest.approx(0.3)
+    assert report.normalize(1.0, 0.25) == pytest.approx(1.0)
+    np.testing.assert_allclose(report.normalize([0.25, 0.625], 0.25), [0.0, 0.5])
+
+
+def test_tidy_one_row_per_cell_task_metric_with_subtasks_flagged(run):
+    _, df = run
+    one = df[(df["cell_id"] == "tiny16")]
+    assert not one.duplicated(["task", "metric", "filter"]).any()
+    assert set(one["metric"]) == {"acc", "exact_match", "prompt_level_strict_acc", "inst_level_strict_acc",
+                                  "word_perplexity", "bits_per_byte"}  # no sample_len, alias or stderr rows
+    sub = one[one["task"] == "mmlu_offline_anatomy"]
+    assert len(sub) == 1 and not sub["top_level"].iloc[0] and sub["value"].iloc[0] == 0.75
+    gsm = one[one["task"] == "gsm8k_cot_offline"].set_index("filter")
+    assert set(gsm.index) == {"strict-match", "flexible-extract"}
+    assert gsm.loc["strict-match", "primary"] and not gsm.loc["flexible-extract", "primary"]
+    assert gsm.loc["strict-match", "normalized"] == pytest.approx(0.6) and gsm.loc["strict-match", "stderr"] > 0
+    ifeval = one[(one["task"] == "ifeval_offline") & one["primary"]].iloc[0]
+    assert ifeval["ability"] == "if" and pd.isna(ifeval["stderr"])  # lm-eval's "N/A" stderr
+    failed = df[df["cell_id"] == "tiny03"]
+    assert len(failed) == 1 and failed["status"].iloc[0] == "failed" and "out of memory" in failed["error"].iloc[0]
+    assert df.loc[df["cell_id"] == "tiny04", "baseline_id"].iloc[0] == "tiny16"
+    assert df.loc[df["cell_id"] == "tinyb04", "baseline_id"].iloc[0] == "tinyb16"
+    assert df.loc[df["cell_id"] == "tiny04", "family"].iloc[0] == "rtn-g64"
+    assert df.loc[df["cell_id"] == "tiny02", "kl_mean"].iloc[0] == 0.9
+
+
+def test_perplexity_is_not_normalized_and_kept_apart(run):
+    _, df = run
+    ppl = df[df["task"] == "ppl_offline"]
+    assert ppl["normalized"].isna().all() and ppl["lower_is_better"].all()
+    assert "ppl" not in set(report.abilities(df)["ability"])
+    table = report.perplexity(df).set_index("label")
+    assert table.loc["2bit-rtn-g64", "ppl_offline:word_perplexity"] == 50.0
+    assert table.loc["4bit-rtn-g64", "heldout_ppl"] == 9.5
+
+
+def test_ability_pivot_averages_normalized_task_scores(run):
+    _, df = run
+    wide = report.ability_pivot(df)
+    assert list(wide.columns) == ["16bit", "4bit-gptq-g64", "4bit-rtn-g64", "2bit-rtn-g64"]
+    tiny = wide.loc["tiny"]
+    assert list(tiny.index) == ["icl", "cot", "if"]  # suites.yaml order
+    assert tiny.loc["icl", "16bit"] == pytest.approx((0.75 - 0.25) / 0.75)
+    assert tiny.loc["icl", "4bit-rtn-g64"] == pytest.approx(0.5)
+    assert tiny.loc["icl", "2bit-rtn-g64"] == 0.0  # 0.25 = chance
+    assert tiny.loc["cot", "4bit-rtn-g64"] == pytest.approx(0.6)
+    assert tiny.loc["if", "2bit-rtn-g64"] == pytest.approx(0.25)
+    assert np.isnan(tiny.loc["icl", "4bit-gptq-g64"])  # tiny has no GPTQ cell
+
+
+def test_retention_and_delta_against_the_same_models_baseline(run):
+    _, df = run
+    r = report.with_baseline(df).set_index(["cell_id", "task"])
+    assert r.loc[("tiny04", "mmlu_offline"), "retention"] == pytest.approx(0.625 / 0.75)
+    assert r.loc[("tiny02", "gsm8k_cot_offline"), "retention"] == 0.0
+    assert r.loc[("tiny02", "ppl_offline"), "retention"] == pytest.approx(10 / 50)  # lower is better: 16-bit / quantized
+    assert r.loc[("tiny04", "mmlu_offline"), "delta"] == pytest.approx(-0.125)
+    assert r.loc[("tinyb04", "mmlu_offline"), "retention"] == pytest.approx(0.375 / 0.5)  # tiny-b's own baseline
+    assert "tiny16" not in r.index.get_level_values("cell_id")
+    wide = report.retention_pivot(df)
+    assert wide.loc[("tiny", "ifeval_offline"), "2bit-rtn-g64"] == pytest.approx(0.5)
+
+
+def test_mcnemar_exact_known_answers():
+    # discordant pairs 10 vs 2: p = 2 * P(X <= 2), X ~ Binomial(12, 1/2) = 2 * (1 + 12 + 66) / 4096
+    assert report.mcnemar_exact(10, 2) == pytest.approx(158 / 4096)
+    assert report.mcnemar_exact(2, 10) == pytest.approx(158 / 4096)
+    assert report.mcnemar_exact(5, 5) == 1.0 and report.mcnemar_exact(0, 0) == 1.0
+    assert report.mcnemar_exact(20, 0) == pytest.approx(2 * 0.5 ** 20)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for lost, gained in [(37, 21), (300, 250), (1, 0)]:
+        expected = scipy_stats.binomtest(gained, lost + gained, 0.5).pvalue
+        assert report.mcnemar_exact(lost, gained) == pytest.approx(expected, rel=1e-9)
+
+
+def test_paired_bootstrap_ci_matches_normal_theory():
+    # 400 items; the quantized model loses 40 and gains none: d in {0, -1}, mean -0.1, sd 0.3, se 0.015
+    d = np.array([-1.0] * 40 + [0.0] * 360)
+    lo, hi, p = report.paired_bootstrap(d, n_boot=4000, seed=1)
+    assert lo == pytest.approx(-0.1 - 1.96 * 0.015, abs=0.004) and hi == pytest.approx(-0.1 + 1.96 * 0.015, abs=0.004)
+    assert p < 0.001
+    lo, hi, p = report.paired_bootstrap(np.zeros(50))
+    assert (lo, hi, p) == (0.0, 0.0, 1.0)
+
+
+def test_significance_and_flips_on_logged_items(run):
+    run_dir, _ = run
+    items = report.paired_items(run_dir)
+    sig = report.significance(items).set_index(["cell_id", "task"])
+    two = sig.loc[("tiny02", "mmlu_offline")]
+    assert (two["n"], two["lost"], two["gained"]) == (8, 5, 1)  # pairs span both subtasks
+    assert two["score16"] == 0.75 and two["score"] == 0.25 and two["delta"] == -0.5
+    assert two["p_value"] == pytest.approx(2 * (1 + 6) / 64) and two["test"] == "mcnemar-exact"
+    assert two["ci_low"] < -0.5 < two["ci_high"]  # p = 0.22: the CI may reach 0
+    gsm = sig.loc[("tiny04", "gsm8k_cot_offline")]  # strict-match items only, not flexible-extract's
+    assert (gsm["n"], gsm["lost"], gsm["gained"], gsm["p_value"]) == (5, 1, 1, 1.0)
+    assert sig.loc[("tiny04", "ifeval_offline"), "lost"] == 1  # boolean per-item values count as right/wrong
+    assert ("tiny04", "ppl_offline") not in sig.index  # no per-item right/wrong for perplexity
+    assert sig.loc[("tinyb04", "mmlu_offline"), "lost"] == 1
+    flipped = report.flips(items)
+    two_mmlu = flipped[(flipped["label"] == "2bit-rtn-g64") & (flipped["task"] == "mmlu_offline")]
+    assert sorted(two_mmlu["flip"]) == ["gained"] + ["lost"] * 5
+    assert set(two_mmlu["subtask"]) == set(MMLU_SUBTASKS)
+    assert set(zip(two_mmlu["flip"], two_mmlu["answer16"], two_mmlu["answer"])) == {("lost", "0", "1"), ("gained", "1", "0")}
+    gsm = flipped[(flipped["label"] == "4bit-rtn-g64") & (flipped["task"] == "gsm8k_cot_offline")]
+    assert set(zip(gsm["flip"], gsm["answer"])) == {("lost", "7"), ("gained", "42")}
+
+
+def test_samples_map_to_groups_without_group_subtasks(tmp_path):
+    """Records that predate ``group_subtasks`` fall back to the offline group YAMLs."""
+    write_cell(tmp_path, "a16", 16, TINY[16], group_subtasks=False)
+    write_cell(tmp_path, "a04", 4, TINY[4], group_subtasks=False)
+    sig = report.significance(report.paired_items(tmp_path)).set_index("task")
+    assert sig.loc["mmlu_offline", "n"] == 8 and sig.loc["mmlu_offline", "lost"] == 1
+
+
+def test_leaderboard_starts_with_issue_2_columns_and_skips_failed_cells(run):
+    _, df = run
+    board = report.leaderboard(df)
+    assert list(board.columns[:8]) == [*report.CELL_COLUMNS, "precision", "params"]
+    assert "3bit-rtn-g64" not in set(board["precision"])
+    row = board.set_index("precision").loc["2bit-rtn-g64"]
+    assert row["average"] == pytest.approx((0 + 0 + 0.25) / 3)
+    assert row["mmlu_offline:acc"] == 0.25 and row["mmlu_offline:norm"] == 0.0
+    assert row["top1_agreement"] == 0.6
+    assert list(report.failures(df)["label"]) == ["3bit-rtn-g64"]
+
+
+def test_empty_run_gives_empty_frames(tmp_path):
+    df = report.load(tmp_path)
+    assert df.empty and report.leaderboard(df).empty and report.ability_pivot(df).empty
+    assert report.paired_items(tmp_path).empty and report.significance(report.paired_items(tmp_path)).empty
