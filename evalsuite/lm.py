@@ -1,0 +1,691 @@
+"""The default lm-eval backend: stock HFLM tokenization, with shared-prefix KV reuse, batching and metering.
+
+Few-shot evaluation recomputes the same prompt prefix for every request (lm-eval #1105). ``EvalsuiteLM``
+inherits HFLM, so every string becomes exactly the tokens stock lm-eval would score or prompt with, and
+replaces only the model calls:
+
+* the distinct contexts (prompts) of a call are planned into a prefix tree (``plan_prefix_tree``): the
+  few-shot block of a task, and deeper prefixes where prompts share more; each node's KV is computed once,
+  by extending its parent's, and is only ever read afterwards;
+* rows are batched across nodes and tasks. The prefix a whole batch shares is kept once and attended to by
+  ``shared_prefix_attention``; the rest of each row's prefix is copied into the row's own preallocated KV
+  columns; the rest of each context (the question) is appended left-padded, so every row's last token lines
+  up, with per-row position ids and padding masks;
+* a context shared by several continuations (the choices) is computed once; continuation tokens after the
+  first are scored from copies of their context's rows, and only the logits needed are computed;
+* generation decodes greedily from there, drops finished rows, and cuts the text exactly where HFLM's ends
+  (stop strings in the decoded text, ``max_gen_toks``, the model's EOS ids).
+
+Every call updates ``meter``: tokens computed, reused and needed, prefill/decode tokens/s, peak memory,
+wall time per request type and per task, the batch sizes used.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import resource
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import torch
+import torch.nn.functional as F
+from lm_eval import utils as lm_utils
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from tqdm import tqdm
+from transformers import AttentionInterface, GenerationConfig
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from evalsuite.errors import UsageError
+
+# A forward call of its own costs about this many tokens of compute: sharing a prefix must save more than this
+# to be worth a node, and scoring batches are cut rather than pad a row by more.
+GROUP_OVERHEAD_TOKENS = 32
+SHARED_PREFIX_ATTENTION = "evalsuite_shared_prefix"
+MEMORY_FRACTION = {"cuda": 0.8, "cpu": 0.5}  # of free device memory / available RAM a batch may fill
+# Generation kwargs that greedy decoding ignores in HF generate as well; anything else is refused.
+GREEDY_NEUTRAL_KWARGS = {"do_sample", "temperature", "top_p", "top_k"}
+# GenerationConfig fields that would add a logits processor to HF generate; we decode without them.
+LOGITS_PROCESSOR_FIELDS = (
+    "repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "min_length",
+    "min_new_tokens", "suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id",
+    "sequence_bias", "exponential_decay_length_penalty",
+)
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def distinct_prefix_tokens(seqs: Sequence[Sequence[int]]) -> int:
+    """Nodes of the token trie of ``seqs``: the tokens any exact backend must run through the model."""
+    ordered = sorted(set(map(tuple, seqs)))
+    return sum(len(s) for s in ordered) - sum(_lcp(a, b) for a, b in zip(ordered, ordered[1:]))
+
+
+@dataclass
+class PrefixNode:
+    """A token prefix whose KV is computed once (extending its parent's): ``members`` are scored straight from
+    it, ``children`` extend it further. The root has length 0."""
+
+    length: int
+    members: list[int] = field(default_factory=list)
+    children: list[PrefixNode] = field(default_factory=list)
+
+    def first(self) -> int:
+        """A sequence index under this node, to read the prefix tokens from."""
+        return self.members[0] if self.members else self.children[0].first()
+
+
+def plan_prefix_tree(seqs: Sequence[Sequence[int]], overhead: int = GROUP_OVERHEAD_TOKENS) -> PrefixNode:
+    """The prefix tree that computes ``seqs`` in the fewest tokens.
+
+    Candidate nodes are the LCP tree of the sorted sequences (each range cut where its common prefix is
+    shortest); a node costs its tokens beyond its parent plus ``overhead``, and is kept only where that beats
+    running its sequences from the parent's prefix. Every sequence keeps at least one token after its node:
+    its last token's logits are needed.
+    """
+    order = sorted(range(len(seqs)), key=lambda i: tuple(seqs[i]))
+    adjacent = [_lcp(seqs[a], seqs[b]) for a, b in zip(order, order[1:])]
+    max_depth = sys.getrecursionlimit() // 8
+    memo: dict[tuple[int, int, int], tuple[int, list[int], list[PrefixNode]]] = {}
+
+    def flat(lo: int, hi: int, base: int):
+        return sum(len(seqs[i]) - base for i in order[lo:hi]), order[lo:hi], []
+
+    def solve(lo: int, hi: int, base: int, depth: int) -> tuple[int, list[int], list[PrefixNode]]:
+        if hi - lo == 1 or depth > max_depth:
+            return flat(lo, hi, base)
+        if (lo, hi, base) in memo:
+            return memo[lo, hi, base]
+        shortest = min(adjacent[lo : hi - 1])
+        cuts = [lo] + [i + 1 for i in range(lo, hi - 1) if adjacent[i] == shortest] + [hi]
+
+        def below(b: int):  # the range run from a prefix of b tokens, its parts planned recursively
+            if len(cuts) - 1 == hi - lo:
+                return flat(lo, hi, b)
+            parts = [solve(a, z, b, depth + 1) for a, z in zip(cuts, cuts[1:])]
+            return sum(p[0] for p in parts), [m for p in parts for m in p[1]], [c for p in parts for c in p[2]]
+
+        best = below(base)
+        length = min(shortest, min(len(seqs[i]) for i in order[lo:hi]) - 1)
+        if length > base:
+            cost, members, children = below(length)
+            if length - base + overhead + cost < best[0]:
+                best = (length - base + overhead + cost, [], [PrefixNode(length, members, children)])
+        memo[lo, hi, base] = best
+        return best
+
+    _, members, children = solve(0, len(seqs), 0, 0) if seqs else (0, [], [])
+    return PrefixNode(0, members, children)
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                            shared_prefix=None, **kwargs):
+    """Attention over [a prefix every row shares | each row's own cached columns], as one softmax.
+
+    The shared keys and values ([1, kv heads, P, dim] per layer, in ``shared_prefix``) are kept once, not per
+    row. ``attention_mask`` ([rows, 1, q, own columns], bool) masks the own columns only. Decoding (one query
+    per row) reads them once for the whole batch, by one matmul per kv head over all rows' queries; longer
+    queries run sdpa over the shared columns broadcast to every row, one layer at a time.
+    """
+    shared_k, shared_v = shared_prefix[module.layer_idx]
+    rows, heads, q, dim = query.shape
+    kv_heads, shared_len = key.shape[1], shared_k.shape[2]
+    if q > 1:
+        keys = torch.cat([shared_k.expand(rows, -1, -1, -1), key], dim=2)
+        values = torch.cat([shared_v.expand(rows, -1, -1, -1), value], dim=2)
+        mask = torch.cat([attention_mask.new_ones(1, 1, 1, shared_len).expand(rows, 1, q, -1),
+                          attention_mask.expand(rows, 1, q, -1)], dim=-1)
+        return sdpa_attention_forward(module, query, keys, values, mask, dropout=dropout, scaling=scaling, **kwargs)
+    groups, scale = heads // kv_heads, dim**-0.5 if scaling is None else scaling
+    queries = query.reshape(rows, kv_heads, groups, dim)  # a kv head's query heads together
+    by_head = queries.transpose(0, 1).reshape(kv_heads, rows * groups, dim)
+    shared = torch.matmul(by_head, shared_k[0].transpose(1, 2)).view(kv_heads, rows, groups, shared_len).transpose(0, 1)
+    own = torch.matmul(queries, key.transpose(2, 3)).masked_fill(~attention_mask.expand(rows, 1, 1, -1), float("-inf"))
+    weights = torch.softmax(torch.cat([shared, own], dim=-1) * scale, dim=-1, dtype=torch.float32).to(value.dtype)
+    shared_w = weights[..., :shared_len].transpose(0, 1).reshape(kv_heads, rows * groups, shared_len)
+    out = torch.matmul(weights[..., shared_len:], value)
+    out = out + torch.matmul(shared_w, shared_v[0]).view(kv_heads, rows, groups, dim).transpose(0, 1)
+    return out.reshape(rows, 1, heads, dim), None
+
+
+def _full_mask(*args, **kwargs):
+    # sdpa's mask, never skipped for ``is_causal``: the shared columns make the own ones non-square
+    kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention)
+AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, _full_mask)
+
+
+@contextmanager
+def _attention(config, implementation: str):
+    previous = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+class _SlabLayer(DynamicLayer):
+    """One layer's KV in a buffer preallocated to the batch's final length: appending writes in place, so
+    decoding n tokens copies O(n) instead of DynamicLayer's O(n^2) concatenations."""
+
+    def __init__(self, rows: int, capacity: int):
+        super().__init__()
+        self.rows, self.capacity, self.length = rows, capacity, 0
+        self._k = self._v = None
+
+    def _allocate(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        # zeros, not empty: a masked column still multiplies its (zero) attention weight by its value,
+        # and uninitialised memory may hold NaN
+        self._k = k.new_zeros(self.rows, k.shape[1], self.capacity, k.shape[3])
+        self._v = v.new_zeros(self.rows, v.shape[1], self.capacity, v.shape[3])
+        self.device, self.is_initialized = k.device, True
+
+    def put(self, row: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Copy a one-row prefix [1, heads, n, dim] to the start of ``row``; the source is only read."""
+        if self._k is None:
+            self._allocate(keys, values)
+        self._k[row, :, : keys.shape[-2]] = keys[0]
+        self._v[row, :, : values.shape[-2]] = values[0]
+
+    def open(self, length: int) -> None:
+        """Expose the first ``length`` columns (a row's unwritten ones are masked by the caller)."""
+        if length > self.capacity:
+            raise RuntimeError(f"KV slab overflow: {length} > {self.capacity} tokens")
+        self.length = length
+        if self._k is not None:
+            self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if self._k is None:
+            self._allocate(key_states, value_states)
+        start = self.length
+        self.open(start + key_states.shape[-2])
+        self._k[:, :, start : self.length] = key_states
+        self._v[:, :, start : self.length] = value_states
+        return self.keys, self.values
+
+    @staticmethod
+    def stack(parts: list[_SlabLayer], capacity: int) -> _SlabLayer:
+        """One slab holding the rows of ``parts`` in order, each row's columns where they were."""
+        new = _SlabLayer(sum(p.rows for p in parts), capacity)
+        new._allocate(parts[0]._k, parts[0]._v)
+        start = 0
+        for p in parts:
+            new._k[start : start + p.rows, :, : p.length] = p.keys
+            new._v[start : start + p.rows, :, : p.length] = p.values
+            start += p.rows
+        new.open(max(p.length for p in parts))
+        return new
+
+    def select(self, rows: torch.Tensor, capacity: int) -> _SlabLayer:
+        """A new slab holding copies of ``rows``, with room for ``capacity`` tokens."""
+        new = _SlabLayer(len(rows), capacity)
+        if self._k is not None:
+            new._allocate(self._k, self._v)
+            new._k[:, :, : self.length] = self.keys[rows]
+            new._v[:, :, : self.length] = self.values[rows]
+        new.open(self.length)
+        return new
+
+
+class _Rows:
+    """A batch of sequences extended together: the prefix all rows share (read-only, per-layer KV or None),
+    each row's own cache and its 2D padding mask, next position ids, and the task each row is metered to."""
+
+    def __init__(self, shared, layers: list[_SlabLayer], mask: torch.Tensor, next_pos: torch.Tensor, tasks: list[str]):
+        self.shared, self.cache = shared, Cache(layers=layers)
+        self.mask, self.next_pos, self.tasks = mask, next_pos, tasks
+
+    def select(self, rows: Sequence[int], extra: int) -> _Rows:
+        idx = torch.tensor(rows, device=self.mask.device)
+        cap = self.mask.shape[1] + extra
+        return _Rows(self.shared, [layer.select(idx, cap) for layer in self.cache.layers], self.mask[idx],
+                     self.next_pos[idx], [self.tasks[r] for r in rows])
+
+    @staticmethod
+    def stack(parts: list[_Rows], extra: int) -> _Rows:
+        """One batch of the rows of ``parts`` (which share one prefix), with room for ``extra`` more tokens."""
+        if len(parts) == 1:
+            return parts[0]
+        width = max(p.mask.shape[1] for p in parts)
+        layers = [_SlabLayer.stack(list(same), width + extra) for same in zip(*(p.cache.layers for p in parts))]
+        mask = torch.cat([F.pad(p.mask, (0, width - p.mask.shape[1])) for p in parts])
+        return _Rows(parts[0].shared, layers, mask, torch.cat([p.next_pos for p in parts]), sum((p.tasks for p in parts), []))
+
+    def prefix(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+        """A single unpadded row, shared part included, as a prefix: per-layer (keys, values) and its length."""
+        own = [(layer.keys, layer.values) for layer in self.cache.layers]
+        if self.shared:
+            own = [(torch.cat([sk, k], dim=2), torch.cat([sv, v], dim=2)) for (sk, sv), (k, v) in zip(self.shared, own)]
+        return own, int(self.next_pos[0])
+
+
+class PositionCounter:
+    """Counts the positions every forward pass of ``model`` runs (``input_ids.numel()``, padding included),
+    whichever backend calls it: the common yardstick when comparing backends."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.n = model, 0
+
+    def __enter__(self) -> PositionCounter:
+        self._handle = self.model.register_forward_pre_hook(self._count, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def _count(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.n += 0 if ids is None else ids.numel()
+
+
+class Meter:
+    """Counters behind ``EvalsuiteLM.meter``. Token counts are model positions run through a forward pass."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = defaultdict(int)
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.wall: dict[str, float] = defaultdict(float)
+        self.tasks: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.batch_sizes: set[int] = set()
+
+    def as_dict(self, requested_batch_size: Any) -> dict[str, Any]:
+        c, s = self.counts, self.seconds
+        computed = c["prefill_tokens"] + c["padding_tokens"] + c["decode_tokens"]
+        cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        return {
+            "tokens_computed": computed,
+            "tokens_reused": c["reused_tokens"],
+            "tokens_needed": c["needed_tokens"],
+            "prefill_tokens": c["prefill_tokens"],
+            "padding_tokens": c["padding_tokens"],
+            "decode_tokens": c["decode_tokens"],
+            "forward_calls": c["forwards"],
+            "prefill_tok_s": round((c["prefill_tokens"] + c["padding_tokens"]) / s["prefill"], 1) if s["prefill"] else None,
+            "decode_tok_s": round(c["decode_tokens"] / s["decode"], 1) if s["decode"] else None,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "cuda_max_allocated_bytes": cuda,
+            "wall_s": {k: round(v, 3) for k, v in self.wall.items()},
+            "tasks": {t: {k: round(v, 3) for k, v in e.items()} for t, e in self.tasks.items()},
+            "batch_size": requested_batch_size,
+            "batch_sizes_used": sorted(self.batch_sizes),
+        }
+
+
+@register_model("evalsuite")
+class EvalsuiteLM(HFLM):
+    """Drop-in for ``HFLM(pretrained=<model>, tokenizer=..., batch_size=..., max_length=..., add_bos_token=...)``.
+
+    ``batch_size="auto"`` sizes each batch from the KV and activation bytes it needs against the free device
+    memory (``MEMORY_FRACTION``), up to ``max_batch_size``; an int fixes the rows per forward.
+    """
+
+    def __init__(self, pretrained, tokenizer=None, batch_size: int | str = "auto", max_length: int | None = None,
+                 add_bos_token: bool | None = None, max_batch_size: int = 64, **kwargs: Any) -> None:
+        if isinstance(pretrained, str):
+            raise UsageError("the evalsuite backend takes a loaded model object; load it with evalsuite.models.load first")
+        super().__init__(pretrained=pretrained, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
+                         add_bos_token=add_bos_token, max_batch_size=max_batch_size, **kwargs)
+        cfg = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
+        if getattr(cfg, "sliding_window", None) or any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ()):
+            raise UsageError(f"{type(self.model).__name__} uses sliding-window or mixed attention, which the evalsuite backend does not cache; use --backend hf")
+        if self.think_end_token is not None:
+            raise UsageError("think_end_token is not supported by the evalsuite backend; use --backend hf")
+        self._cfg = cfg
+        self._meter = Meter()
+        self._tasks: list[str] = []  # task of each request in the current call, for metering
+        self._quiet = False  # no progress bar in the current call
+
+    @property
+    def meter(self) -> dict[str, Any]:
+        return self._meter.as_dict(self.batch_size)
+
+    # ---- lm-eval entry points, timed ----------------------------------------------------------------------
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self._timed("loglikelihood", requests, lambda reqs: super(EvalsuiteLM, self).loglikelihood(reqs, disable_tqdm=True),
+                           disable_tqdm)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self._timed("loglikelihood_rolling", requests, self._rolling, disable_tqdm)
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        return self._timed("generate_until", requests, self._generate, disable_tqdm)
+
+    def _timed(self, reqtype: str, requests, run: Callable, disable_tqdm: bool) -> list:
+        """Run all requests of one type together (batches span tasks); each task's wall time is the call's
+        wall time split by its share of the positions computed."""
+        self._tasks = [r.task_name or "-" for r in requests]
+        self._quiet = disable_tqdm
+        before = {t: e["tokens_computed"] for t, e in self._meter.tasks.items()}
+        t0 = time.perf_counter()
+        out = run(requests)
+        wall = time.perf_counter() - t0
+        self._meter.wall[reqtype] += wall
+        spent = {t: e["tokens_computed"] - before.get(t, 0) for t, e in self._meter.tasks.items()}
+        total = sum(spent.values())
+        for t, n in spent.items():
+            if n:
+                self._meter.tasks[t]["wall_s"] += wall * n / total
+        self.batch_sizes[reqtype] = max(self._meter.batch_sizes, default=0)
+        return out
+
+    # ---- loglikelihood ---------------------------------------------------------------------------------------
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None,
+                              tasks: list[str] | None = None):
+        """Score ``(key, context_enc, continuation_enc)`` as HFLM does: left-truncate context+continuation to
+        ``max_length + 1`` tokens, drop the last, and sum the continuation tokens' log-probs."""
+        tasks = tasks or (self._tasks if len(self._tasks) == len(requests) else ["-"] * len(requests))
+        by_context: dict[tuple[int, ...], list[tuple[int, list[int]]]] = defaultdict(list)
+        for i, (_, ctx, cont) in enumerate(requests):
+            if not ctx or not cont or len(cont) > self.max_length:
+                raise UsageError(f"request {i} has an empty context or continuation, or one longer than max_length={self.max_length}")
+            full = (ctx + cont)[-(self.max_length + 1) :]
+            by_context[tuple(full[: -len(cont)])].append((i, full[-len(cont) :]))
+        self._meter.counts["needed_tokens"] += distinct_prefix_tokens(
+            [list(ctx) + targets[:-1] for ctx, reqs in by_context.items() for _, targets in reqs])
+        contexts = list(by_context)
+        owners = [tasks[by_context[c][0][0]] for c in contexts]
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        for batch in self._batches(contexts, owners, extra=0):
+            state = self._start(batch, contexts, owners, extra=0)
+            logprobs = self._extend(state, [contexts[i][plen:] for _, plen, i in batch], keep=1)[:, -1]
+            tails: dict[tuple[int, tuple[int, ...]], list[tuple[int, list[int]]]] = defaultdict(list)
+            for row, (_, _, c) in enumerate(batch):
+                for i, targets in by_context[contexts[c]]:
+                    results[i] = (logprobs[row, targets[0]].item(), bool(logprobs[row].argmax() == targets[0]))
+                    if len(targets) > 1:
+                        tails[(row, tuple(targets[:-1]))].append((i, targets))
+            self._score_tails(state, tails, results)
+        for (key, _, _), res in zip(requests, results, strict=True):
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, res)
+        return results
+
+    def _score_tails(self, state: _Rows, tails: dict, results: list) -> None:
+        """Continuation tokens after the first: append them to copies of their context rows and score."""
+        keys = sorted(tails, key=lambda k: -len(k[1]))
+        start = 0
+        while start < len(keys):
+            width = len(keys[start][1])
+            chunk = keys[start : start + self._rows(state.mask.shape[1] + width, width, keep=width)]
+            start += len(chunk)
+            sub = state.select([row for row, _ in chunk], extra=width)
+            for task, reused in zip(sub.tasks, sub.next_pos.tolist()):
+                self._count("reused_tokens", reused, task)
+            logprobs = self._extend(sub, [t for _, t in chunk], keep=width)
+            for r, key in enumerate(chunk):
+                lp = logprobs[r, width - len(key[1]) :]
+                for i, targets in tails[key]:
+                    t = torch.tensor(targets[1:], device=lp.device)
+                    first_lp, first_greedy = results[i]
+                    score = first_lp + lp.gather(1, t[:, None]).sum().item()
+                    results[i] = (score, first_greedy and bool((lp.argmax(-1) == t).all()))
+
+    def _rolling(self, requests) -> list[float]:
+        """Perplexity windows exactly as HFLM builds them, scored through ``_loglikelihood_tokens``."""
+        windows, owner = [], []
+        for n, (string,) in enumerate(r.args for r in requests):
+            for ctx, cont in map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1)):
+                windows.append((None, ctx, cont))
+                owner.append(n)
+        totals = [0.0] * len(requests)
+        scored = self._loglikelihood_tokens(windows, tasks=[self._tasks[n] for n in owner])
+        for n, (lp, _) in zip(owner, scored, strict=True):
+            totals[n] += lp
+        for r, total in zip(requests, totals, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", r.args, total)
+        return totals
+
+    # ---- generation ------------------------------------------------------------------------------------------
+
+    def _generate(self, requests) -> list[str]:
+        by_kwargs: dict[str, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            by_kwargs[json.dumps(r.args[1], sort_keys=True, default=str)].append(i)
+        out: list[str | None] = [None] * len(requests)
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        for idx in by_kwargs.values():
+            kwargs = normalize_gen_kwargs(requests[idx[0]].args[1], self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            max_gen = kwargs.pop("max_gen_toks")
+            self._check_greedy(kwargs)
+            max_ctx = self.max_length - max_gen
+            if max_ctx <= 0:
+                raise UsageError(f"max_gen_toks={max_gen} leaves no room for a prompt within max_length={self.max_length}")
+            prompts = [tuple(self._encode_prompt(requests[i].args[0], max_ctx)) for i in idx]
+            owner: dict[tuple[int, ...], str] = {}  # greedy decoding gives a repeated prompt the same text
+            for i, prompt in zip(idx, prompts):
+                owner.setdefault(prompt, self._tasks[i])
+            unique = list(owner)
+            self._meter.counts["needed_tokens"] += distinct_prefix_tokens(unique)
+            texts: dict[tuple[int, ...], str] = {}
+            for batch in self._batches(unique, list(owner.values()), extra=max_gen):
+                self._decode(batch, unique, list(owner.values()), until, max_gen, texts)
+            for i, prompt in zip(idx, prompts, strict=True):
+                out[i] = texts[prompt]
+                self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
+        return out
+
+    def _encode_prompt(self, context: str, max_ctx: int) -> list[int]:
+        # HFLM encodes a padded batch; one string at a time gives each row's tokens without the padding.
+        ids, mask = self.tok_batch_encode([context], left_truncate_len=max_ctx, truncation=self.truncation)
+        return ids[0][mask[0].bool()].tolist()
+
+    def _check_greedy(self, kwargs: dict) -> None:
+        unsupported = set(kwargs) - GREEDY_NEUTRAL_KWARGS
+        if kwargs.get("do_sample") or unsupported:
+            raise UsageError(f"the evalsuite backend decodes greedily; generation kwargs {sorted(unsupported) or 'do_sample=True'} need --backend hf")
+        gc = getattr(self.model, "generation_config", None) or GenerationConfig()
+        default = GenerationConfig()
+        changed = [f for f in LOGITS_PROCESSOR_FIELDS if getattr(gc, f, None) != getattr(default, f, None)]
+        if changed:
+            raise UsageError(f"the model's generation_config sets {', '.join(changed)}, which the evalsuite backend does not apply; use --backend hf")
+
+    def _eos_ids(self) -> set[int]:
+        ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = self.tokenizer.eos_token_id if ids is None else ids
+        return set(ids) if isinstance(ids, (list, tuple)) else {ids}
+
+    def _decode(self, batch, prompts, owners, until: list[str], max_gen: int, texts: dict) -> None:
+        """Greedy-decode one batch of prompts into ``texts``, stopping each row exactly where HFLM's text ends:
+        an EOS id of the model's generation config, ``max_gen`` tokens, or a stop string in the decoded text."""
+        eos_ids, stops = self._eos_ids(), [s for s in until if s]
+        # prefill in parts of similar length (padding costs compute), then decode all rows together
+        shared_len, parts, logits, rest = self._shared_len(batch, prompts), [], [], batch
+        while rest:
+            n = self._cut(rest, prompts, len(rest))
+            part, rest = rest[:n], rest[n:]
+            parts.append(self._start(part, prompts, owners, extra=max_gen, shared_len=shared_len))
+            logits.append(self._extend(parts[-1], [prompts[i][plen:] for _, plen, i in part], keep=1)[:, -1])
+        state, logits = _Rows.stack(parts, extra=max_gen), torch.cat(logits)
+        live = [i for _, _, i in batch]  # prompt of each state row
+        generated: dict[int, list[int]] = {i: [] for i in live}
+        done: set[int] = set()
+        while True:
+            next_tokens = logits.argmax(-1).tolist()
+            for i, tok in zip(live, next_tokens):
+                if i in done:
+                    continue
+                gen = generated[i]
+                gen.append(tok)
+                text = self.tok_decode(gen)
+                if tok in eos_ids or len(gen) >= max_gen or any(s in text for s in stops):
+                    texts[prompts[i]] = postprocess_generated_text(text, until, None)
+                    done.add(i)
+                    self._meter.counts["needed_tokens"] += len(gen) - 1
+            keep = [r for r, i in enumerate(live) if i not in done]
+            if not keep:
+                return
+            if len(live) - len(keep) >= max(1, len(live) // 8):  # drop finished rows once an eighth idles
+                state = state.select(keep, extra=max_gen)
+                live, next_tokens = [live[r] for r in keep], [next_tokens[r] for r in keep]
+            logits = self._extend(state, [[t] for t in next_tokens], keep=1, decode=True)[:, -1]
+
+    # ---- batching over the prefix tree -------------------------------------------------------------------------
+
+    def _tree_rows(self, seqs: Sequence[Sequence[int]], owners: list[str]) -> Iterator[tuple[Any, int, int]]:
+        """``(prefix kv, prefix length, sequence index)`` for every sequence, in prefix-tree order. Each node's
+        KV is computed once, from its parent's, when the first of its rows is asked for."""
+
+        def visit(node: PrefixNode, kv, plen: int):
+            if node.length > plen:
+                tokens = seqs[node.first()][: node.length]
+                state = self._start([(kv, plen, 0)], [tokens], [owners[node.first()]], extra=0)
+                self._extend(state, [tokens[plen:]], keep=1)
+                kv, plen = state.prefix()
+            for m in node.members:
+                yield kv, plen, m
+            for child in node.children:
+                yield from visit(child, kv, plen)
+
+        yield from visit(plan_prefix_tree(seqs), None, 0)
+
+    def _batches(self, seqs: Sequence[Sequence[int]], owners: list[str], extra: int) -> Iterator[list]:
+        """Rows of ``_tree_rows``, a window at a time, sorted by what is left to compute and cut into batches
+        that fit (``extra``: tokens each row will still append, such as generated ones)."""
+        cap = self.max_batch_size if self.batch_size == "auto" else int(self.batch_size)
+        rows = self._tree_rows(seqs, owners)
+        progress = tqdm(total=len(seqs), desc="evalsuite", unit="seq", disable=self._quiet)
+        window: list = []
+        for row in itertools.chain(rows, [None]):
+            if row is not None:
+                window.append(row)
+                if len(window) < 4 * cap:
+                    continue
+            window.sort(key=lambda r: len(seqs[r[2]]) - r[1], reverse=True)
+            while window:
+                width = len(seqs[window[0][2]]) - window[0][1]
+                n = self._rows(max(r[1] for r in window) + width + extra, width, keep=1)
+                if not extra:  # scoring; generation keeps rows together for decoding and cuts its prefill
+                    n = self._cut(window, seqs, n)
+                batch, window = window[:n], window[n:]
+                self._meter.batch_sizes.add(len(batch))
+                yield batch
+                progress.update(len(batch))
+        progress.close()
+
+    @staticmethod
+    def _cut(rows: list, seqs: Sequence[Sequence[int]], limit: int) -> int:
+        """How many of ``rows`` (longest rest first) to run in one forward: at most ``limit``, and none padded
+        by more than a forward call of its own costs."""
+        width = len(seqs[rows[0][2]]) - rows[0][1]
+        too_short = (k for k, (_, plen, i) in enumerate(rows[:limit]) if width - (len(seqs[i]) - plen) > GROUP_OVERHEAD_TOKENS)
+        return next(too_short, min(limit, len(rows)))
+
+    # ---- model calls -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _shared_len(batch: list[tuple[Any, int, int]], seqs: Sequence[Sequence[int]]) -> int:
+        """Tokens of prefix every row of ``batch`` has (their prefix KVs agree there: all extend one ancestor)."""
+        first = seqs[batch[0][2]]
+        return min(min(plen, _lcp(first, seqs[i])) for _, plen, i in batch)
+
+    def _start(self, batch: list[tuple[Any, int, int]], seqs: Sequence[Sequence[int]], owners: list[str], extra: int,
+               shared_len: int | None = None) -> _Rows:
+        """Rows for ``batch``: the prefix all rows share (its first ``shared_len`` tokens) is kept once,
+        read-only; the rest of each row's prefix is copied into its own columns (shorter ones leave masked
+        columns), with room for the rest of its sequence plus ``extra`` tokens."""
+        shared_len = self._shared_len(batch, seqs) if shared_len is None else shared_len
+        kv0 = batch[0][0]
+        shared = [(k[:, :, :shared_len], v[:, :, :shared_len]) for k, v in kv0] if shared_len else None
+        width = max(plen for _, plen, _ in batch) - shared_len
+        capacity = width + max(len(seqs[i]) - plen for _, plen, i in batch) + extra
+        layers = [_SlabLayer(len(batch), capacity) for _ in range(self._cfg.num_hidden_layers)]
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        tasks = [owners[i] for _, _, i in batch]
+        for r, (kv, plen, _) in enumerate(batch):
+            if plen > shared_len:
+                for layer, (k, v) in zip(layers, kv):
+                    layer.put(r, k[:, :, shared_len:plen], v[:, :, shared_len:plen])
+            mask[r, : plen - shared_len] = 1
+            self._count("reused_tokens", plen, tasks[r])
+        for layer in layers:
+            layer.open(width)
+        next_pos = torch.tensor([plen for _, plen, _ in batch], device=self.device)
+        return _Rows(shared, layers, mask.to(self.device), next_pos, tasks)
+
+    @torch.no_grad()
+    def _extend(self, state: _Rows, seqs: Sequence[Sequence[int]], keep: int, decode: bool = False) -> torch.Tensor:
+        """Append ``seqs`` (one per row, left-padded to a common width) and return the log-softmax of the last
+        ``keep`` positions, shape [rows, keep, vocab]."""
+        rows, width = len(seqs), max(map(len, seqs))
+        ids = torch.full((rows, width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        new_mask = torch.zeros(rows, width, dtype=torch.long)
+        pos = torch.zeros(rows, width, dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s) :] = torch.tensor(s)
+            new_mask[r, width - len(s) :] = 1
+            pos[r, width - len(s) :] = torch.arange(len(s))
+            self._count("tokens_computed", width, state.tasks[r])
+        lengths = new_mask.sum(1).to(self.device)
+        state.mask = torch.cat([state.mask, new_mask.to(self.device)], dim=1)
+        t0 = time.perf_counter()
+        call = dict(input_ids=ids.to(self.device), attention_mask=state.mask, use_cache=True, cache=state.cache,
+                    position_ids=pos.to(self.device) + state.next_pos[:, None], logits_to_keep=keep)
+        if state.shared:
+            with _attention(self.model.config, SHARED_PREFIX_ATTENTION):
+                logits = self.model(**call, shared_prefix=state.shared).logits
+        else:
+            logits = self.model(**call).logits
+        out = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+        if out.device.type == "cuda":
+            torch.cuda.synchronize()
+        self._meter.seconds["decode" if decode else "prefill"] += time.perf_counter() - t0
+        real = int(new_mask.sum())
+        self._count("decode_tokens" if decode else "prefill_tokens", rows * width if decode else real)
+        self._count("padding_tokens", 0 if decode else rows * width - real)
+        self._count("forwards", 1)
+        state.next_pos = state.next_pos + lengths
+        return out
+
+    def _count(self, key: str, n: int, task: str | None = None) -> None:
+        self._meter.counts[key] += n
+        if task is not None:
+            self._meter.tasks[task][key] += n
+
+    def _rows(self, cache_len: int, new_len: int, keep: int) -> int:
+        """Rows per forward: the fixed batch size, or as many as fit the memory budget."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        cfg = self._cfg
+        elem = self.model.get_input_embeddings().weight.element_size()
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        per_row = (
+            2 * cfg.num_hidden_layers * kv_heads * head_dim * elem * cache_len  # the slab
+            + 2 * heads * head_dim * elem * cache_len  # keys/values repeated to all heads, one layer at a time
+            + 4 * heads * new_len * cache_len  # attention scores
+            + (6 * cfg.hidden_size + 3 * getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)) * elem * new_len
+            + 8 * keep * cfg.vocab_size  # logits and their log-softmax
+        )
+        if self.device.type == "cuda":
+            free = torch.cuda.mem_get_info(self.device)[0]
+        else:
+            free = psutil.virtual_memory().available
+        budget = free * MEMORY_FRACTION.get(self.device.type, 0.5)
+        return max(1, min(int(budget // per_row), self.max_batch_size))

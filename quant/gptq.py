@@ -1,0 +1,379 @@
+"""GPTQ (Frantar et al., 2022) in plain torch, CPU or CUDA, in the shape of IST-DASLab/gptq.
+
+``GPTQ`` is the algorithm as a small stateful object: ``add_batch`` accumulates the Hessian 2/n X^T X
+from a forward hook, ``fasterquant`` quantizes column by column (optionally in act-order), spreading each
+column's error over the columns not yet quantized, with lazy block updates. It uses quant.rtn's grid, so
+GPTQ and RTN codes are the same format.
+
+One object may hold several linears that read the same input (q/k/v; gate/up): GPTQ treats weight rows
+independently given the Hessian, so stacking their rows gives the same result as one object each, for
+the cost of one pass over the columns.
+
+``gptq_`` is the true-sequential driver: decoder blocks one at a time, each fed the outputs of the blocks
+before it, already quantized; inside a block, each set of linears sharing an input is quantized in the
+order the forward pass reaches it, so o_proj sees the quantized q/k/v's output, and so on.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+import torch.nn as nn
+
+from quant import Footprint, QuantConfig, QuantError, register
+from quant.linears import plan
+from quant.outliers import FORWARD_BATCH, top_channels
+from quant.rtn import check_group_size, dequantize, grid_params, quantize, storage_bits
+
+GPTQ_BITS = (2, 3, 4, 8)
+BACKENDS = ("native", "gptqmodel", "auto-gptq")
+
+
+class GPTQ:
+    """Hessian and quantization of the linears in ``linears``, which must all read the same input."""
+
+    def __init__(self, linears: Sequence[nn.Linear], bits: int, sym: bool = False):
+        self.linears = list(linears)
+        self.bits, self.sym = bits, sym
+        w = self.linears[0].weight
+        self.columns = w.shape[1]
+        self.H: torch.Tensor | None = torch.zeros(self.columns, self.columns, device=w.device)
+        self.amax = torch.zeros(self.columns, device=w.device)  # max |x| per input channel, for outliers
+        self.nsamples = 0
+
+    @torch.no_grad()
+    def add_batch(self, inp: torch.Tensor, out: torch.Tensor | None = None) -> None:
+        """Fold a batch of layer inputs into H; ``out`` is unused, kept for the reference's hook signature."""
+        x = inp.detach().reshape(-1, self.columns).float()
+        n = x.shape[0]
+        torch.maximum(self.amax, x.abs().amax(0), out=self.amax)
+        self.H.mul_(self.nsamples / (self.nsamples + n))  # running mean keeps H's scale independent of n
+        self.nsamples += n
+        x = x.mul(math.sqrt(2 / self.nsamples))
+        self.H.addmm_(x.T, x)
+
+    @torch.no_grad()
+    def fasterquant(self, blocksize: int = 128, percdamp: float = 0.01, groupsize: int = -1,
+                    actorder: bool = False, static_groups: bool = False,
+                    keep: torch.Tensor | None = None) -> None:
+        """Quantize the weights in place (fake-quantized: on the grid, stored in the layer's dtype).
+
+        ``keep``: input channels left at 16 bit. They are processed last, so the error of every
+        quantized column can still flow into them, and they never widen a group's range.
+        """
+        if self.H is None:
+            raise RuntimeError("fasterquant called twice; make a new GPTQ object per quantization")
+        H, self.H = self.H, None
+        with _one_cpu_thread(H.device):
+            self._quantize(H, blocksize, percdamp, groupsize, actorder, static_groups, keep)
+
+    def _quantize(self, H: torch.Tensor, blocksize: int, percdamp: float, groupsize: int, actorder: bool,
+                  static_groups: bool, keep: torch.Tensor | None) -> None:
+        # Transposed, one row per input channel: the column loop then reads and updates contiguous memory (2x faster).
+        Wt = torch.cat([lin.weight for lin in self.linears]).float().T.contiguous()
+        cols, rows = Wt.shape
+        bits, sym = self.bits, self.sym
+
+        dead = H.diagonal() == 0  # channels never active in calibration: weight irrelevant, zero it
+        H[dead, dead] = 1
+        Wt[dead] = 0
+
+        kept = torch.zeros(cols, dtype=torch.bool, device=Wt.device)
+        if keep is not None:
+            kept[keep.to(Wt.device)] = True
+        order = torch.argsort(H.diagonal(), descending=True) if actorder else torch.arange(cols, device=Wt.device)
+        perm = torch.cat([order[~kept[order]], order[kept[order]]])
+        n_quant = cols - int(kept.sum())
+
+        # Group of each processing position: runs of `groupsize` positions under act-order without static
+        # groups (params found lazily at a run's start, as the reference does), else the original column's group.
+        g = cols if groupsize == -1 else groupsize
+        lazy = not static_groups and groupsize != -1
+        gid = (torch.arange(n_quant, device=Wt.device) // g if lazy and actorder else perm[:n_quant] // g).tolist()
+        run_end = _run_ends(gid)
+        if not lazy:  # every group's params from the weights as they are, before any update
+            masked = Wt.clone()
+            masked[kept] = 0
+            scales, zeros = (t.T.contiguous() for t in grid_params(masked.T.reshape(rows, cols // g, g), bits, sym))
+
+        Wt = Wt[perm]
+        Hinv = _inverse_hessian_factor(H[perm][:, perm], percdamp)
+
+        current = -1
+        for i1 in range(0, n_quant, blocksize):
+            i2 = min(i1 + blocksize, cols)
+            W1 = Wt[i1:i2].clone()
+            Err1 = torch.zeros_like(W1)
+            Hinv1 = Hinv[i1:i2, i1:i2]
+            d = Hinv1.diagonal().tolist()
+            for i in range(min(i2, n_quant) - i1):
+                j = i1 + i
+                if gid[j] != current:
+                    current = gid[j]
+                    if lazy:  # like the reference: from the weights as they stood at this block's start
+                        scale, zero = grid_params(Wt[j : run_end[j]].T, bits, sym)
+                    else:
+                        scale, zero = scales[current], zeros[current]
+                w = W1[i]
+                q = dequantize(quantize(w, scale, zero, bits), scale, zero)
+                err = torch.sub(w, q, out=Err1[i]).div_(d[i])
+                W1[i + 1 :].addr_(Hinv1[i, i + 1 :], err, alpha=-1)  # later columns absorb the error
+                w.copy_(q)
+            Wt[i1:i2] = W1
+            Wt[i2:].addmm_(Hinv[i1:i2, i2:].T, Err1, alpha=-1)
+
+        W = Wt[torch.argsort(perm)].T
+        for lin, part in zip(self.linears, W.split([lin.out_features for lin in self.linears])):
+            lin.weight.copy_(part)
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device):
+    """GPTQ runs thousands of tiny ops per layer: on CPU, fanning each out to threads costs more than it
+    saves (2-3x slower with 2 threads than with 1 on a busy 2-core machine), so it runs on one."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_ends(gid: list[int]) -> dict[int, int]:
+    """For the first position of each run of equal group ids, the position just past the run."""
+    ends: dict[int, int] = {}
+    start = 0
+    for j in range(1, len(gid) + 1):
+        if j == len(gid) or gid[j] != gid[start]:
+            ends[start] = j
+            start = j
+    return ends
+
+
+def _inverse_hessian_factor(H: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Upper U with U^T U = (H + damp*mean(diag H)*I)^-1: row i holds column i's update weights.
+
+    The reference forms the inverse and factors it again; factoring H in reversed order instead gives
+    H = R R^T with R upper, so U = R^-1, one triangular solve (torch.cholesky_inverse is ~10x slower on CPU).
+    """
+    H.diagonal().add_(percdamp * H.diagonal().mean())
+    L, info = torch.linalg.cholesky_ex(H.flip(0, 1))
+    if info.item():
+        raise QuantError(f"GPTQ Hessian is not positive definite even after dampening {percdamp}; raise --damp (e.g. 0.1) or add calibration data")
+    R = L.flip(0, 1)
+    return torch.linalg.solve_triangular(R, torch.eye(len(R), device=R.device, dtype=R.dtype), upper=True)
+
+
+# ---- the true-sequential driver ------------------------------------------------------------------------
+
+class _Stop(Exception):
+    """Raised from a hook to end a forward pass once it has produced what we need."""
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The stack of decoder blocks: the ModuleList holding most parameters (no architecture names)."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise QuantError(f"GPTQ found no stack of decoder blocks (nn.ModuleList) in {type(model).__name__}; use --method rtn")
+    return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
+
+
+@torch.no_grad()
+def block_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+    """(hidden states, keyword arguments) that the model passes to its first block, per calibration batch."""
+    captured: list[tuple[torch.Tensor, dict[str, Any]]] = []
+
+    def grab(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append((hidden, kwargs))
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        for batch in ids.split(FORWARD_BATCH):
+            try:
+                model(batch.to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _hidden(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def input_groups(block: nn.Module, linears: list[nn.Linear], sample: tuple[torch.Tensor, dict]) -> list[list[nn.Linear]]:
+    """``linears`` grouped by the input tensor they read, in the order the block's forward reaches them."""
+    seen: dict[int, list[nn.Linear]] = {}
+    inputs: list[torch.Tensor] = []  # held so that tensor ids stay unique during the pass
+
+    def record(lin: nn.Linear):
+        def hook(_module: nn.Module, args: tuple) -> None:
+            inputs.append(args[0])
+            seen.setdefault(id(args[0]), []).append(lin)
+
+        return hook
+
+    handles = [lin.register_forward_pre_hook(record(lin)) for lin in linears]
+    try:
+        block(sample[0], **sample[1])
+    finally:
+        for h in handles:
+            h.remove()
+    return list(seen.values())
+
+
+@torch.no_grad()
+def accumulate(block: nn.Module, gptq: GPTQ, inps: list[tuple[torch.Tensor, dict]]) -> None:
+    """Run the calibration batches through ``block`` up to the group's shared input, feeding the Hessian."""
+
+    def hook(_module: nn.Module, args: tuple) -> None:
+        gptq.add_batch(args[0])
+        raise _Stop
+
+    handle = gptq.linears[0].register_forward_pre_hook(hook)
+    try:
+        for hidden, kwargs in inps:
+            try:
+                block(hidden, **kwargs)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def quantize_sequential(model: nn.Module, linears: dict[str, nn.Linear], ids: torch.Tensor,
+                        config: "GPTQConfig") -> dict[str, int]:
+    """GPTQ every linear in ``linears`` block by block; returns the number of kept channels per linear."""
+    blocks = decoder_blocks(model)
+    names = {id(lin): name for name, lin in linears.items()}
+    outside = set(linears) - {names[id(m)] for m in blocks.modules() if id(m) in names}
+    if outside:
+        raise QuantError(f"GPTQ quantizes linears inside decoder blocks only; add --keep {sorted(outside)[0]!r}")
+    kept: dict[str, int] = {}
+    layouts: dict[tuple, list[list[str]]] = {}  # blocks of one structure share one grouping: find it once
+    inps = block_inputs(model, blocks[0], ids)
+    for block in blocks:
+        local = {id(m): n for n, m in block.named_modules() if id(m) in names}
+        key = (type(block), tuple(sorted(local.values())))
+        if local and key not in layouts:
+            mine = [m for m in block.modules() if id(m) in local]
+            layouts[key] = [[local[id(m)] for m in group] for group in input_groups(block, mine, inps[0])]
+        for group_names in layouts.get(key, []):
+            gptq = GPTQ([block.get_submodule(n) for n in group_names], config.bits, config.sym)
+            accumulate(block, gptq, inps)
+            keep = top_channels(gptq.amax, config.keep_outliers) if config.keep_outliers else None
+            gptq.fasterquant(config.blocksize, config.damp, config.group_size, config.act_order,
+                             config.static_groups, keep)
+            for lin in gptq.linears:
+                kept[names[id(lin)]] = 0 if keep is None else keep.numel()
+        inps = [(_hidden(block(hidden, **kwargs)), kwargs) for hidden, kwargs in inps]
+    return kept
+
+
+# ---- config and handler --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GPTQConfig(QuantConfig):
+    """The paper's defaults: asymmetric, group 128, act-order, 128 calibration sequences of 2048 tokens.
+
+    On the bundled model (hidden 576) the CLI passes group 64 and shorter sequences.
+    """
+
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = False
+    act_order: bool = True
+    static_groups: bool = False
+    damp: float = 0.01  # fraction of the Hessian's mean diagonal added to its diagonal
+    blocksize: int = 128  # columns per lazy batch update
+    calib_n: int = 128
+    calib_seqlen: int = 2048
+    calib_seed: int = 0
+    calib_source: str = "pydoc"  # pydoc (offline) | c4 (hub)
+    keep: tuple[str, ...] = ()  # linears (names, globs or 'attention'/'ffn') left at 16 bit
+    keep_outliers: int = 0  # per linear, this many input channels of largest activation left at 16 bit
+    backend: str = "native"  # native | gptqmodel | auto-gptq
+
+    method: ClassVar[str] = "gptq"
+
+    def __post_init__(self) -> None:
+        if self.bits not in GPTQ_BITS:
+            raise QuantError(f"GPTQ bits must be one of {', '.join(map(str, GPTQ_BITS))} (16 = unquantized: use --method none); got {self.bits}")
+        if self.group_size != -1 and self.group_size < 1:
+            raise QuantError(f"group size must be a positive integer or -1 (per row); got {self.group_size}")
+        if not 0 < self.damp < 1:
+            raise QuantError(f"--damp must lie strictly between 0 and 1 (a fraction of the mean Hessian diagonal); got {self.damp}")
+        if self.blocksize < 1 or self.calib_n < 1 or self.calib_seqlen < 1 or self.keep_outliers < 0:
+            raise QuantError("GPTQ blocksize, --calib-n and --calib-seqlen must be positive and --keep-outliers 0 or more")
+        if self.backend not in BACKENDS:
+            raise QuantError(f"unknown GPTQ backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        object.__setattr__(self, "keep", tuple(self.keep))
+        if self.backend != "native" and (self.keep or self.keep_outliers):
+            raise QuantError(f"--keep and --keep-outliers work with the native GPTQ backend only, not {self.backend}")
+
+    @property
+    def load_time(self) -> bool:  # type: ignore[override]  # packed backends are built by prepare() + load()
+        return self.backend != "native"
+
+    def load_kwargs(self) -> dict[str, Any]:
+        return {}  # a packed checkpoint carries its quantization_config; models.load routes it
+
+    def prepare(self, ref):
+        """For packed backends: the ref of a cached GPTQ checkpoint of ``ref`` made with this config."""
+        if self.backend == "native":
+            return ref
+        from quant.backends import gptqmodel_checkpoint, refuse_auto_gptq
+
+        if self.backend == "auto-gptq":
+            refuse_auto_gptq()
+        return gptqmodel_checkpoint(ref, self)
+
+    def label(self) -> str:
+        g = "row" if self.group_size == -1 else f"g{self.group_size}"
+        return (
+            f"{self.bits}bit-gptq-{g}" + ("-sym" if self.sym else "") + ("" if self.act_order else "-noact")
+            + ("-static" if self.static_groups else "") + (f"-keep:{'+'.join(self.keep)}" if self.keep else "")
+            + (f"-out{self.keep_outliers}" if self.keep_outliers else "")
+            + ("" if self.backend == "native" else f"-{self.backend}")
+        )
+
+
+@register(GPTQConfig)
+def gptq_(model: nn.Module, config: GPTQConfig, tokenizer=None, calib: torch.Tensor | None = None,
+          ref=None, **_: object) -> Footprint:
+    """Native: quantize ``model`` in place. Packed backends: ``model`` was loaded packed; only measure it."""
+    if config.backend != "native":
+        from quant.backends import packed_footprint
+
+        return packed_footprint(model, ref)
+    linears, fp = plan(model, config.keep)
+    for name, lin in linears.items():  # validate every layer before touching any
+        check_group_size(lin.in_features, config.group_size, name)
+    if calib is None:
+        if tokenizer is None:
+            raise QuantError("GPTQ needs calibration text: pass the tokenizer (tokenizer=...) or token ids (calib=...) to quantize_")
+        from quant.calib import calibration_ids
+
+        calib = calibration_ids(tokenizer, config.calib_n, config.calib_seqlen, config.calib_seed, config.calib_source)
+    kept = quantize_sequential(model, linears, calib, config)
+    g_idx = config.act_order and not config.static_groups and config.group_size != -1
+    for name, lin in linears.items():
+        fp.linear_params += lin.weight.numel()
+        fp.linear_bits += storage_bits(tuple(lin.weight.shape), config.bits, config.group_size, config.sym,
+                                       kept=kept[name], g_idx=g_idx)
+    fp.extra["quantized_linears"] = len(linears)
+    fp.extra["calib_tokens"] = int(calib.numel())
+    return fp
