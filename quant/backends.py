@@ -33,7 +33,7 @@ def require_gptqmodel():
     try:
         import gptqmodel
     except ModuleNotFoundError:
-        raise QuantError("gptqmodel is not installed; run make setup (it installs the gptq extra)") from None
+        raise QuantError("gptqmodel is not installed; run make setup, which installs the gptq extra") from None
     return gptqmodel
 
 

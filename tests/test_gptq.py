@@ -120,7 +120,7 @@ def test_missing_gptqmodel_is_one_clear_line(monkeypatch):
     from quant.backends import require_gptqmodel
 
     monkeypatch.setitem(sys.modules, "gptqmodel", None)  # makes `import gptqmodel` fail as if absent
-    with pytest.raises(QuantError, match="gptqmodel is not installed; run make setup (it installs the gptq extra)"):
+    with pytest.raises(QuantError, match="gptqmodel is not installed; run make setup, which installs the gptq extra"):
         require_gptqmodel()
 
 
