@@ -48,6 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--group-size", type=int, help="quantization group size (-1: one group per row); default 128, or the model's")
     e.add_argument("--sym", action="store_true", default=None, help="symmetric grid (default: asymmetric with zero point)")
     e.add_argument("--keep", nargs="+", help="linears left at 16 bit: attention, ffn, or globs over module names")
+    g = e.add_argument_group("GPTQ (--method gptq)")
+    g.add_argument("--gptq-backend", choices=["native", "gptqmodel", "auto-gptq"], help="default native")
+    g.add_argument("--no-act-order", action="store_true", default=None, help="quantize columns in order")
+    g.add_argument("--static-groups", action="store_true", default=None)
+    g.add_argument("--damp", type=float, help="Hessian dampening, fraction of its mean diagonal (default 0.01)")
+    g.add_argument("--calib-n", type=int, help="calibration sequences (default 128; 16 for the bundled model)")
+    g.add_argument("--calib-seqlen", type=int, help="calibration sequence length (default 2048; 512 for the bundled model)")
+    g.add_argument("--calib-seed", type=int)
+    g.add_argument("--calib-source", choices=["pydoc", "c4"], help="pydoc (offline, default) or c4 (the paper's; needs the hub)")
+    e.add_argument("--keep-outliers", type=int, help="rtn/gptq: per layer, input channels with the largest calibration activations kept at 16 bit")
+    b = e.add_argument_group("bitsandbytes (--method bnb; 8 = LLM.int8, 4 = nf4)")
+    b.add_argument("--bnb-type", choices=["nf4", "fp4"])
+    b.add_argument("--double-quant", action="store_true", default=None)
+    b.add_argument("--compute-dtype", help="auto (fp32 on CPU, fp16 on CUDA), float16, bfloat16, float32")
+    b.add_argument("--int8-threshold", type=float, help="LLM.int8 outlier threshold (default 6.0)")
     m = e.add_argument_group("MPO (--method mpo | mpo+rtn): exactly one of --bond-dim, --rel-error, --mpo-ratio")
     m.add_argument("--bond-dim", type=int, help="bond dimension cap D")
     m.add_argument("--rel-error", type=float, help="per-layer relative Frobenius error budget, in (0, 1)")
@@ -99,6 +114,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "bond_dim": args.bond_dim, "rel_error": args.rel_error, "ratio": args.mpo_ratio, "n_factors": args.n_factors,
         "factors": tuple(args.mpo_factors) if args.mpo_factors else None, "aux_bits": args.aux_bits,
         "dense": False if args.mpo_contract else None,
+        "backend": args.gptq_backend, "act_order": False if args.no_act_order else None,
+        "static_groups": args.static_groups, "damp": args.damp, "calib_n": args.calib_n,
+        "calib_seqlen": args.calib_seqlen, "calib_seed": args.calib_seed, "calib_source": args.calib_source,
+        "keep_outliers": args.keep_outliers, "quant_type": args.bnb_type, "double_quant": args.double_quant,
+        "compute_dtype": args.compute_dtype, "int8_threshold": args.int8_threshold,
     }.items() if v is not None}
     cells = [
         CellSpec(model=args.model, quant=make_quant_config(args.method, b, options, model=args.model),

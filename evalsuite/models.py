@@ -79,6 +79,10 @@ def load(ref: ModelRef, dtype: Any = None, **load_kwargs: Any):
 
     if ref.kind == "bundled":
         _ensure_converted(ref)
+    from quant.backends import is_packed_gptq, load_packed
+
+    if is_packed_gptq(ref.path):  # GPTQModel / auto-gptq checkpoints: GPTQModel's loader and kernels
+        return load_packed(ref)
     if dtype is None:
         dtype = torch.float16 if torch.cuda.is_available() else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype, **load_kwargs}

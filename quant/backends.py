@@ -40,7 +40,7 @@ def require_gptqmodel():
 def refuse_auto_gptq() -> NoReturn:
     raise QuantError(
         "auto-gptq cannot run here: it is unmaintained, needs CUDA to quantize and transformers<5; "
-        "use --backend gptqmodel, which also loads auto-gptq checkpoints (pass the checkpoint directory as --model)"
+        "use --gptq-backend gptqmodel, which also loads auto-gptq checkpoints (pass the checkpoint directory as --model)"
     )
 
 

@@ -311,7 +311,7 @@ class GPTQConfig(QuantConfig):
 
     def __post_init__(self) -> None:
         if self.bits not in GPTQ_BITS:
-            raise QuantError(f"GPTQ bits must be one of {', '.join(map(str, GPTQ_BITS))} (16 = unquantized: use --method none); got {self.bits}")
+            raise QuantError(f"GPTQ bits must be one of {', '.join(map(str, GPTQ_BITS))} (16 = the unquantized baseline); got {self.bits}")
         if self.group_size != -1 and self.group_size < 1:
             raise QuantError(f"group size must be a positive integer or -1 (per row); got {self.group_size}")
         if not 0 < self.damp < 1:
