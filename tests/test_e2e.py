@@ -35,7 +35,10 @@ def test_records_and_csv(run_dir):
     assert "mmlu_offline_smoke:acc" in csv.columns and "gsm8k_cot_offline:exact_match[strict-match]" in csv.columns
     four = csv[csv["bits"] == 4].iloc[0]
     assert four["group_size"] == 64 and four["bits_per_weight"] == pytest.approx(4 + 20 / 64)
-    assert four["packed_bytes"] < csv[csv["bits"] == 16].iloc[0]["packed_bytes"] / 2.5
+    # 4-bit codes + fp16 scale + 4-bit zero per 64 weights for the linears; embeddings and norms stay 16-bit
+    fp = next(r for r in records if r["spec"]["bits"] == 4)["footprint"]
+    assert four["packed_bytes"] == pytest.approx(fp["linear_params"] * (4 + 20 / 64) / 8 + 2 * fp["other_params"], abs=1)
+    assert four["packed_bytes"] < csv[csv["bits"] == 16].iloc[0]["packed_bytes"] / 2
 
 
 def test_second_run_recomputes_nothing(run_dir, capsys):
