@@ -100,14 +100,18 @@ def run_cell(cell: CellSpec, ref: models.ModelRef, run_dir: Path, cid: str) -> d
 
     torch.manual_seed(cell.seed)
     timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    # load-time methods never hold the model unquantized: read the reference first, outside the memory meter
+    reference = fidelity.reference_logprobs(ref) if cell.quant.load_time else None
+    timing["reference_s"] = time.perf_counter() - t0
     with peak_memory() as memory:
         t0 = time.perf_counter()
         load_ref = cell.quant.prepare(ref) if hasattr(cell.quant, "prepare") else ref
         model, tok = models.load(load_ref, **quant.load_kwargs(cell.quant))
         timing["load_s"] = time.perf_counter() - t0
         ids = fidelity.probe_ids(tok)
-        # post-load methods: the unquantized distributions are taken from this very model before it changes
-        reference = None if cell.quant.load_time else fidelity.logprobs(model, ids)[0]
+        if reference is None:  # post-load methods: from this very model, before it changes
+            reference = fidelity.logprobs(model, ids)[0]
         t0 = time.perf_counter()
         footprint = quant.quantize_(model, cell.quant, tokenizer=tok, ref=load_ref)
         timing["quantize_s"] = time.perf_counter() - t0

@@ -111,14 +111,15 @@ def quantize_with_gptqmodel(ref: "ModelRef", config: "GPTQConfig", out: Path) ->
             raise
 
 
-def load_packed(ref: "ModelRef", **kwargs: Any):
-    """(model, tokenizer) of a packed GPTQ checkpoint, on GPTQModel's fastest kernel for this machine."""
+def load_packed(ref: "ModelRef", kernel: str = "auto", **kwargs: Any):
+    """(model, tokenizer) of a packed GPTQ checkpoint, on GPTQModel's ``kernel`` (auto: its fastest for this
+    machine; gptq_torch and gptq_triton need no compilation, where auto may build a CUDA extension first)."""
     import torch
     from transformers import AutoTokenizer
 
     gptqmodel = require_gptqmodel()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    wrapped = gptqmodel.GPTQModel.load(ref.path, backend=gptqmodel.BACKEND.AUTO, device=device, **kwargs)
+    wrapped = gptqmodel.GPTQModel.load(ref.path, backend=gptqmodel.BACKEND(kernel), device=device, **kwargs)
     model = wrapped.model
     model.eval()
     return model, AutoTokenizer.from_pretrained(ref.path)
