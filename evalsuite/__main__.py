@@ -38,6 +38,8 @@ def _batch(text: str) -> int | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from evalsuite.spec import DEFAULT_BACKEND
+
     p = _Parser(prog="evalsuite", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     e.add_argument("--seed", type=int, default=1234)
     e.add_argument("--batch-size", default="auto")
-    e.add_argument("--backend", default="hf", help="evalsuite (fast, metered) or hf (stock lm-eval HFLM)")
+    e.add_argument("--backend", default=DEFAULT_BACKEND, help="evalsuite (default: prefix KV reuse, metered) or hf (stock lm-eval HFLM)")
     e.add_argument("--chat-template", action="store_true", help="apply the tokenizer's chat template to prompts")
 
     s = sub.add_parser("sweep", help="run a sweep file (models x methods x bits x suites); resumable")

@@ -24,6 +24,7 @@ from quant import NoQuant, QuantConfig
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 OFFLINE_DIR = TASKS_DIR / "offline"
 BACKENDS = ("evalsuite", "hf")
+DEFAULT_BACKEND = "evalsuite"  # prefix-reusing, metered; hf (stock HFLM) stays for cross-checks
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -35,7 +36,7 @@ class CellSpec:
     tasks: tuple[str, ...]
     limit: int | None = None
     seed: int = 1234
-    backend: str = "evalsuite"
+    backend: str = DEFAULT_BACKEND
     batch_size: int | str = "auto"
     chat_template: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

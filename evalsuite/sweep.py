@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from evalsuite.errors import UsageError
-from evalsuite.spec import BACKENDS, CellSpec, check_run_name, expand_suite, make_quant_config
+from evalsuite.spec import BACKENDS, DEFAULT_BACKEND, CellSpec, check_run_name, expand_suite, make_quant_config
 
 TOP_KEYS = {"run", "models", "methods", "suites", "limit", "seed", "backend", "batch_size", "chat_template"}
 
@@ -44,7 +44,7 @@ def load(path: Path) -> dict[str, Any]:
 
 def cells(doc: dict[str, Any], limit: int | None = None) -> list[CellSpec]:
     """Expand the grid. ``limit`` (from the command line) overrides the file's."""
-    backend = doc.get("backend", "hf")
+    backend = doc.get("backend", DEFAULT_BACKEND)
     if backend not in BACKENDS:
         raise UsageError(f"sweep backend {backend!r} is not one of {', '.join(BACKENDS)}")
     lim = limit if limit is not None else doc.get("limit")

@@ -10,7 +10,7 @@ from evalsuite import store
 from evalsuite.__main__ import main
 
 pytestmark = pytest.mark.slow
-ARGV = ["eval", "--bits", "16", "4", "--suite", "smoke", "--limit", "2", "--run", "e2e", "--backend", "hf"]
+ARGV = ["eval", "--bits", "16", "4", "--suite", "smoke", "--limit", "2", "--run", "e2e"]  # the default backend: evalsuite
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +61,18 @@ def test_baseline_matches_stock_lm_eval_cli(run_dir, bundled_ref, tmp_path):
     ours = next(r for r in store.read_run(run_dir)[0] if r["spec"]["bits"] == 16)["results"]
     for task in stock:
         assert ours[task]["acc,none"] == pytest.approx(stock[task]["acc,none"], abs=1e-12), task
+
+
+def test_offline_cot_and_if_suites_run_and_roll_up(tmp_path):
+    """The CoT and instruction-following families end to end: one item per task, scored and rolled up."""
+    assert main(["eval", "--bits", "16", "--suite", "cot,if", "--limit", "1", "--run", "abilities",
+                 "--results-dir", str(tmp_path)]) == 0
+    (rec,), problems = store.read_run(tmp_path / "abilities")
+    assert problems == [] and rec["status"] == "ok"
+    assert rec["tasks"]["gsm8k_cot_offline"]["n_shot"] == 7 and rec["tasks"]["ifeval_offline"]["n_shot"] == 0
+    assert rec["results"]["bbh_cot_offline_navigate"]["sample_len"] == 1
+    csv = pd.read_csv(tmp_path / "abilities" / "leaderboard.csv").iloc[0]
+    for col in ("ability:cot", "ability:if", "ifeval_offline:prompt_level_strict_acc", "ifeval_offline:inst_level_loose_acc",
+                "gsm8k_cot_offline:exact_match[flexible-extract]", "bbh_cot_offline:exact_match[get-answer]"):
+        assert 0 <= csv[col] <= 1, col
+    assert pd.isna(csv.get("ability:icl"))  # no ICL task ran
