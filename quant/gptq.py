@@ -347,6 +347,7 @@ class GPTQConfig(QuantConfig):
             f"{self.bits}bit-gptq-{g}" + ("-sym" if self.sym else "") + ("" if self.act_order else "-noact")
             + ("-static" if self.static_groups else "") + (f"-keep:{'+'.join(self.keep)}" if self.keep else "")
             + (f"-out{self.keep_outliers}" if self.keep_outliers else "")
+            + ("" if self.damp == GPTQConfig.damp else f"-damp{self.damp:g}")
             + ("" if self.backend == "native" else f"-{self.backend}")
         )
 

@@ -1,6 +1,7 @@
 """Sweeps: grid expansion, bad sweep files, and resume after kill -9, corruption and failure."""
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -24,6 +25,14 @@ def test_grid_puts_one_baseline_first_and_applies_model_defaults():
     assert [c.quant for c in cells] == [NoQuant(), RTNConfig(bits=4, group_size=64), RTNConfig(bits=3, group_size=64, sym=True)]
     assert all(c.limit == 1 and c.tasks == ("mmlu_offline_smoke",) for c in cells)
     assert sweep.cells(doc, limit=7)[0].limit == 7
+
+
+@pytest.mark.parametrize("path", sorted(pathlib.Path(__file__).parent.parent.glob("sweeps/*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweep_files_expand_to_distinct_cells_baseline_first(path):
+    grid = sweep.cells(sweep.load(path))
+    assert isinstance(grid[0].quant, NoQuant)
+    assert len({(c.model, c.quant, c.tasks) for c in grid}) == len(grid)
+    assert len({(c.model, c.quant.label(), c.suite) for c in grid}) == len(grid)  # labels tell every cell apart
 
 
 @pytest.mark.parametrize("content,message", [
