@@ -99,7 +99,7 @@ def evaluate(lm, tasks, tm, limit: int | None):
     """(wall s, positions computed, per-item samples) of one backend on ``tasks``."""
     from lm_eval import simple_evaluate
 
-    from evalsuite.lm import PositionCounter
+    from evalsuite.meter import PositionCounter
 
     with PositionCounter(lm.model) as counter:
         t0 = time.perf_counter()

@@ -31,11 +31,11 @@ def row(name: str, secs: float | None, ppl: float, bpw: float | None, note: str 
           f"  {note}", flush=True)
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
@@ -72,7 +72,7 @@ def main() -> None:
 
         model = load(ref)[0]
         calib = calibration_ids(tok, cfg.calib_n, cfg.calib_seqlen, cfg.calib_seed, cfg.calib_source)
-        fp, native_s = timed(lambda: quantize_(model, cfg, tokenizer=tok, calib=calib))
+        fp, native_s = timed(quantize_, model, cfg, tokenizer=tok, calib=calib)
         native_ppl = perplexity(model, held)
         row(f"{bits}-bit gptq native", native_s, native_ppl, fp.bits_per_weight)
         del model
@@ -81,7 +81,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "packed"
             # same calibration windows: same source, n, seqlen and seed
-            _, gptqmodel_s = timed(lambda: quantize_with_gptqmodel(ref, cfg, out))
+            _, gptqmodel_s = timed(quantize_with_gptqmodel, ref, cfg, out)
             packed_ref = ModelRef(ref.name, "packed", str(out), ref.fingerprint, ref.source)
             model, _ = load_packed(packed_ref, kernel=args.kernel)
             fp = quantize_(model, replace(cfg, backend="gptqmodel"), ref=packed_ref)  # measures the packed layers

@@ -23,13 +23,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import resource
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -40,17 +36,13 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
-from transformers import AttentionInterface, GenerationConfig
-from transformers.cache_utils import Cache, DynamicLayer
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers import GenerationConfig
 
 from evalsuite.errors import UsageError
+from evalsuite.kv_rows import SHARED_PREFIX_ATTENTION, Rows, SlabLayer, attention_implementation
+from evalsuite.meter import Meter
+from evalsuite.prefix_tree import GROUP_OVERHEAD_TOKENS, PrefixNode, common_prefix_len, distinct_prefix_tokens, plan_prefix_tree
 
-# A forward call of its own costs about this many tokens of compute: sharing a prefix must save more than this
-# to be worth a node, and scoring batches are cut rather than pad a row by more.
-GROUP_OVERHEAD_TOKENS = 32
-SHARED_PREFIX_ATTENTION = "evalsuite_shared_prefix"
 MEMORY_FRACTION = {"cuda": 0.8, "cpu": 0.5}  # of free device memory / available RAM a batch may fill
 # Generation kwargs that greedy decoding ignores in HF generate as well; anything else is refused.
 GREEDY_NEUTRAL_KWARGS = {"do_sample", "temperature", "top_p", "top_k"}
@@ -60,276 +52,6 @@ LOGITS_PROCESSOR_FIELDS = (
     "min_new_tokens", "suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id",
     "sequence_bias", "exponential_decay_length_penalty",
 )
-
-
-def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def distinct_prefix_tokens(seqs: Sequence[Sequence[int]]) -> int:
-    """Nodes of the token trie of ``seqs``: the tokens any exact backend must run through the model."""
-    ordered = sorted(set(map(tuple, seqs)))
-    return sum(len(s) for s in ordered) - sum(_lcp(a, b) for a, b in zip(ordered, ordered[1:]))
-
-
-@dataclass
-class PrefixNode:
-    """A token prefix whose KV is computed once (extending its parent's): ``members`` are scored straight from
-    it, ``children`` extend it further. The root has length 0."""
-
-    length: int
-    members: list[int] = field(default_factory=list)
-    children: list[PrefixNode] = field(default_factory=list)
-
-    def first(self) -> int:
-        """A sequence index under this node, to read the prefix tokens from."""
-        return self.members[0] if self.members else self.children[0].first()
-
-
-def plan_prefix_tree(seqs: Sequence[Sequence[int]], overhead: int = GROUP_OVERHEAD_TOKENS) -> PrefixNode:
-    """The prefix tree that computes ``seqs`` in the fewest tokens.
-
-    Candidate nodes are the LCP tree of the sorted sequences (each range cut where its common prefix is
-    shortest); a node costs its tokens beyond its parent plus ``overhead``, and is kept only where that beats
-    running its sequences from the parent's prefix. Every sequence keeps at least one token after its node:
-    its last token's logits are needed.
-    """
-    order = sorted(range(len(seqs)), key=lambda i: tuple(seqs[i]))
-    adjacent = [_lcp(seqs[a], seqs[b]) for a, b in zip(order, order[1:])]
-    max_depth = sys.getrecursionlimit() // 8
-    memo: dict[tuple[int, int, int], tuple[int, list[int], list[PrefixNode]]] = {}
-
-    def flat(lo: int, hi: int, base: int):
-        return sum(len(seqs[i]) - base for i in order[lo:hi]), order[lo:hi], []
-
-    def solve(lo: int, hi: int, base: int, depth: int) -> tuple[int, list[int], list[PrefixNode]]:
-        if hi - lo == 1 or depth > max_depth:
-            return flat(lo, hi, base)
-        if (lo, hi, base) in memo:
-            return memo[lo, hi, base]
-        shortest = min(adjacent[lo : hi - 1])
-        cuts = [lo] + [i + 1 for i in range(lo, hi - 1) if adjacent[i] == shortest] + [hi]
-
-        def below(b: int):  # the range run from a prefix of b tokens, its parts planned recursively
-            if len(cuts) - 1 == hi - lo:
-                return flat(lo, hi, b)
-            parts = [solve(a, z, b, depth + 1) for a, z in zip(cuts, cuts[1:])]
-            return sum(p[0] for p in parts), [m for p in parts for m in p[1]], [c for p in parts for c in p[2]]
-
-        best = below(base)
-        length = min(shortest, min(len(seqs[i]) for i in order[lo:hi]) - 1)
-        if length > base:
-            cost, members, children = below(length)
-            if length - base + overhead + cost < best[0]:
-                best = (length - base + overhead + cost, [], [PrefixNode(length, members, children)])
-        memo[lo, hi, base] = best
-        return best
-
-    _, members, children = solve(0, len(seqs), 0, 0) if seqs else (0, [], [])
-    return PrefixNode(0, members, children)
-
-
-def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                            shared_prefix=None, **kwargs):
-    """Attention over [a prefix every row shares | each row's own cached columns], as one softmax.
-
-    The shared keys and values ([1, kv heads, P, dim] per layer, in ``shared_prefix``) are kept once, not per
-    row. ``attention_mask`` ([rows, 1, q, own columns], bool) masks the own columns only. Decoding (one query
-    per row) reads them once for the whole batch, by one matmul per kv head over all rows' queries; longer
-    queries run sdpa over the shared columns broadcast to every row, one layer at a time.
-    """
-    shared_k, shared_v = shared_prefix[module.layer_idx]
-    rows, heads, q, dim = query.shape
-    kv_heads, shared_len = key.shape[1], shared_k.shape[2]
-    if q > 1:
-        keys = torch.cat([shared_k.expand(rows, -1, -1, -1), key], dim=2)
-        values = torch.cat([shared_v.expand(rows, -1, -1, -1), value], dim=2)
-        mask = torch.cat([attention_mask.new_ones(1, 1, 1, shared_len).expand(rows, 1, q, -1),
-                          attention_mask.expand(rows, 1, q, -1)], dim=-1)
-        return sdpa_attention_forward(module, query, keys, values, mask, dropout=dropout, scaling=scaling, **kwargs)
-    groups, scale = heads // kv_heads, dim**-0.5 if scaling is None else scaling
-    queries = query.reshape(rows, kv_heads, groups, dim)  # a kv head's query heads together
-    by_head = queries.transpose(0, 1).reshape(kv_heads, rows * groups, dim)
-    shared = torch.matmul(by_head, shared_k[0].transpose(1, 2)).view(kv_heads, rows, groups, shared_len).transpose(0, 1)
-    own = torch.matmul(queries, key.transpose(2, 3)).masked_fill(~attention_mask.expand(rows, 1, 1, -1), float("-inf"))
-    weights = torch.softmax(torch.cat([shared, own], dim=-1) * scale, dim=-1, dtype=torch.float32).to(value.dtype)
-    shared_w = weights[..., :shared_len].transpose(0, 1).reshape(kv_heads, rows * groups, shared_len)
-    out = torch.matmul(weights[..., shared_len:], value)
-    out = out + torch.matmul(shared_w, shared_v[0]).view(kv_heads, rows, groups, dim).transpose(0, 1)
-    return out.reshape(rows, 1, heads, dim), None
-
-
-def _full_mask(*args, **kwargs):
-    # sdpa's mask, never skipped for ``is_causal``: the shared columns make the own ones non-square
-    kwargs["allow_is_causal_skip"] = False
-    return sdpa_mask(*args, **kwargs)
-
-
-AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention)
-AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, _full_mask)
-
-
-@contextmanager
-def _attention(config, implementation: str):
-    previous = config._attn_implementation
-    config._attn_implementation = implementation
-    try:
-        yield
-    finally:
-        config._attn_implementation = previous
-
-
-class _SlabLayer(DynamicLayer):
-    """One layer's KV in a buffer preallocated to the batch's final length: appending writes in place, so
-    decoding n tokens copies O(n) instead of DynamicLayer's O(n^2) concatenations."""
-
-    def __init__(self, rows: int, capacity: int):
-        super().__init__()
-        self.rows, self.capacity, self.length = rows, capacity, 0
-        self._k = self._v = None
-
-    def _allocate(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        # zeros, not empty: a masked column still multiplies its (zero) attention weight by its value,
-        # and uninitialised memory may hold NaN
-        self._k = k.new_zeros(self.rows, k.shape[1], self.capacity, k.shape[3])
-        self._v = v.new_zeros(self.rows, v.shape[1], self.capacity, v.shape[3])
-        self.device, self.is_initialized = k.device, True
-
-    def put(self, row: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Copy a one-row prefix [1, heads, n, dim] to the start of ``row``; the source is only read."""
-        if self._k is None:
-            self._allocate(keys, values)
-        self._k[row, :, : keys.shape[-2]] = keys[0]
-        self._v[row, :, : values.shape[-2]] = values[0]
-
-    def open(self, length: int) -> None:
-        """Expose the first ``length`` columns (a row's unwritten ones are masked by the caller)."""
-        if length > self.capacity:
-            raise RuntimeError(f"KV slab overflow: {length} > {self.capacity} tokens")
-        self.length = length
-        if self._k is not None:
-            self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if self._k is None:
-            self._allocate(key_states, value_states)
-        start = self.length
-        self.open(start + key_states.shape[-2])
-        self._k[:, :, start : self.length] = key_states
-        self._v[:, :, start : self.length] = value_states
-        return self.keys, self.values
-
-    @staticmethod
-    def stack(parts: list[_SlabLayer], capacity: int) -> _SlabLayer:
-        """One slab holding the rows of ``parts`` in order, each row's columns where they were."""
-        new = _SlabLayer(sum(p.rows for p in parts), capacity)
-        new._allocate(parts[0]._k, parts[0]._v)
-        start = 0
-        for p in parts:
-            new._k[start : start + p.rows, :, : p.length] = p.keys
-            new._v[start : start + p.rows, :, : p.length] = p.values
-            start += p.rows
-        new.open(max(p.length for p in parts))
-        return new
-
-    def select(self, rows: torch.Tensor, capacity: int) -> _SlabLayer:
-        """A new slab holding copies of ``rows``, with room for ``capacity`` tokens."""
-        new = _SlabLayer(len(rows), capacity)
-        if self._k is not None:
-            new._allocate(self._k, self._v)
-            new._k[:, :, : self.length] = self.keys[rows]
-            new._v[:, :, : self.length] = self.values[rows]
-        new.open(self.length)
-        return new
-
-
-class _Rows:
-    """A batch of sequences extended together: the prefix all rows share (read-only, per-layer KV or None),
-    each row's own cache and its 2D padding mask, next position ids, and the task each row is metered to."""
-
-    def __init__(self, shared, layers: list[_SlabLayer], mask: torch.Tensor, next_pos: torch.Tensor, tasks: list[str]):
-        self.shared, self.cache = shared, Cache(layers=layers)
-        self.mask, self.next_pos, self.tasks = mask, next_pos, tasks
-
-    def select(self, rows: Sequence[int], extra: int) -> _Rows:
-        idx = torch.tensor(rows, device=self.mask.device)
-        cap = self.mask.shape[1] + extra
-        return _Rows(self.shared, [layer.select(idx, cap) for layer in self.cache.layers], self.mask[idx],
-                     self.next_pos[idx], [self.tasks[r] for r in rows])
-
-    @staticmethod
-    def stack(parts: list[_Rows], extra: int) -> _Rows:
-        """One batch of the rows of ``parts`` (which share one prefix), with room for ``extra`` more tokens."""
-        if len(parts) == 1:
-            return parts[0]
-        width = max(p.mask.shape[1] for p in parts)
-        layers = [_SlabLayer.stack(list(same), width + extra) for same in zip(*(p.cache.layers for p in parts))]
-        mask = torch.cat([F.pad(p.mask, (0, width - p.mask.shape[1])) for p in parts])
-        return _Rows(parts[0].shared, layers, mask, torch.cat([p.next_pos for p in parts]), sum((p.tasks for p in parts), []))
-
-    def prefix(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
-        """A single unpadded row, shared part included, as a prefix: per-layer (keys, values) and its length."""
-        own = [(layer.keys, layer.values) for layer in self.cache.layers]
-        if self.shared:
-            own = [(torch.cat([sk, k], dim=2), torch.cat([sv, v], dim=2)) for (sk, sv), (k, v) in zip(self.shared, own)]
-        return own, int(self.next_pos[0])
-
-
-class PositionCounter:
-    """Counts the positions every forward pass of ``model`` runs (``input_ids.numel()``, padding included),
-    whichever backend calls it: the common yardstick when comparing backends."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model, self.n = model, 0
-
-    def __enter__(self) -> PositionCounter:
-        self._handle = self.model.register_forward_pre_hook(self._count, with_kwargs=True)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._handle.remove()
-
-    def _count(self, module, args, kwargs) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        self.n += 0 if ids is None else ids.numel()
-
-
-class Meter:
-    """Counters behind ``EvalsuiteLM.meter``. Token counts are model positions run through a forward pass."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = defaultdict(int)
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.wall: dict[str, float] = defaultdict(float)
-        self.tasks: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        self.batch_sizes: set[int] = set()
-
-    def as_dict(self, requested_batch_size: Any) -> dict[str, Any]:
-        c, s = self.counts, self.seconds
-        computed = c["prefill_tokens"] + c["padding_tokens"] + c["decode_tokens"]
-        cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-        return {
-            "tokens_computed": computed,
-            "tokens_reused": c["reused_tokens"],
-            "tokens_needed": c["needed_tokens"],
-            "prefill_tokens": c["prefill_tokens"],
-            "padding_tokens": c["padding_tokens"],
-            "decode_tokens": c["decode_tokens"],
-            "forward_calls": c["forwards"],
-            "prefill_tok_s": round((c["prefill_tokens"] + c["padding_tokens"]) / s["prefill"], 1) if s["prefill"] else None,
-            "decode_tok_s": round(c["decode_tokens"] / s["decode"], 1) if s["decode"] else None,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "cuda_max_allocated_bytes": cuda,
-            "wall_s": {k: round(v, 3) for k, v in self.wall.items()},
-            "tasks": {t: {k: round(v, 3) for k, v in e.items()} for t, e in self.tasks.items()},
-            "batch_size": requested_batch_size,
-            "batch_sizes_used": sorted(self.batch_sizes),
-        }
 
 
 @register_model("evalsuite")
@@ -423,7 +145,7 @@ class EvalsuiteLM(HFLM):
                 self.cache_hook.add_partial("loglikelihood", key, res)
         return results
 
-    def _score_tails(self, state: _Rows, tails: dict, results: list) -> None:
+    def _score_tails(self, state: Rows, tails: dict, results: list) -> None:
         """Continuation tokens after the first: append them to copies of their context rows and score."""
         keys = sorted(tails, key=lambda k: -len(k[1]))
         start = 0
@@ -521,7 +243,7 @@ class EvalsuiteLM(HFLM):
             part, rest = rest[:n], rest[n:]
             parts.append(self._start(part, prompts, owners, extra=max_gen, shared_len=shared_len))
             logits.append(self._extend(parts[-1], [prompts[i][plen:] for _, plen, i in part], keep=1)[:, -1])
-        state, logits = _Rows.stack(parts, extra=max_gen), torch.cat(logits)
+        state, logits = Rows.stack(parts, extra=max_gen), torch.cat(logits)
         live = [i for _, _, i in batch]  # prompt of each state row
         generated: dict[int, list[int]] = {i: [] for i in live}
         done: set[int] = set()
@@ -602,10 +324,10 @@ class EvalsuiteLM(HFLM):
     def _shared_len(batch: list[tuple[Any, int, int]], seqs: Sequence[Sequence[int]]) -> int:
         """Tokens of prefix every row of ``batch`` has (their prefix KVs agree there: all extend one ancestor)."""
         first = seqs[batch[0][2]]
-        return min(min(plen, _lcp(first, seqs[i])) for _, plen, i in batch)
+        return min(min(plen, common_prefix_len(first, seqs[i])) for _, plen, i in batch)
 
     def _start(self, batch: list[tuple[Any, int, int]], seqs: Sequence[Sequence[int]], owners: list[str], extra: int,
-               shared_len: int | None = None) -> _Rows:
+               shared_len: int | None = None) -> Rows:
         """Rows for ``batch``: the prefix all rows share (its first ``shared_len`` tokens) is kept once,
         read-only; the rest of each row's prefix is copied into its own columns (shorter ones leave masked
         columns), with room for the rest of its sequence plus ``extra`` tokens."""
@@ -614,7 +336,7 @@ class EvalsuiteLM(HFLM):
         shared = [(k[:, :, :shared_len], v[:, :, :shared_len]) for k, v in kv0] if shared_len else None
         width = max(plen for _, plen, _ in batch) - shared_len
         capacity = width + max(len(seqs[i]) - plen for _, plen, i in batch) + extra
-        layers = [_SlabLayer(len(batch), capacity) for _ in range(self._cfg.num_hidden_layers)]
+        layers = [SlabLayer(len(batch), capacity) for _ in range(self._cfg.num_hidden_layers)]
         mask = torch.zeros(len(batch), width, dtype=torch.long)
         tasks = [owners[i] for _, _, i in batch]
         for r, (kv, plen, _) in enumerate(batch):
@@ -626,10 +348,10 @@ class EvalsuiteLM(HFLM):
         for layer in layers:
             layer.open(width)
         next_pos = torch.tensor([plen for _, plen, _ in batch], device=self.device)
-        return _Rows(shared, layers, mask.to(self.device), next_pos, tasks)
+        return Rows(shared, layers, mask.to(self.device), next_pos, tasks)
 
     @torch.no_grad()
-    def _extend(self, state: _Rows, seqs: Sequence[Sequence[int]], keep: int, decode: bool = False) -> torch.Tensor:
+    def _extend(self, state: Rows, seqs: Sequence[Sequence[int]], keep: int, decode: bool = False) -> torch.Tensor:
         """Append ``seqs`` (one per row, left-padded to a common width) and return the log-softmax of the last
         ``keep`` positions, shape [rows, keep, vocab]."""
         rows, width = len(seqs), max(map(len, seqs))
@@ -647,7 +369,7 @@ class EvalsuiteLM(HFLM):
         call = dict(input_ids=ids.to(self.device), attention_mask=state.mask, use_cache=True, cache=state.cache,
                     position_ids=pos.to(self.device) + state.next_pos[:, None], logits_to_keep=keep)
         if state.shared:
-            with _attention(self.model.config, SHARED_PREFIX_ATTENTION):
+            with attention_implementation(self.model.config, SHARED_PREFIX_ATTENTION):
                 logits = self.model(**call, shared_prefix=state.shared).logits
         else:
             logits = self.model(**call).logits

@@ -107,6 +107,7 @@ def test_config_defaults_are_the_papers_and_label_is_short():
     assert (c.sym, c.group_size, c.act_order, c.calib_n, c.calib_seqlen) == (False, 128, True, 128, 2048)
     assert GPTQConfig(bits=4, group_size=64).label() == "4bit-gptq-g64"
     assert GPTQConfig(bits=3, group_size=64, keep=("attention",), keep_outliers=8).label() == "3bit-gptq-g64-keep:attention-out8"
+    assert GPTQConfig(bits=2, group_size=64, damp=0.1).label() == "2bit-gptq-g64-damp0.1"  # two dampings, two labels
     assert GPTQConfig(bits=4, backend="gptqmodel").label().endswith("-gptqmodel")
     assert GPTQConfig(bits=4, backend="gptqmodel").load_time and not GPTQConfig().load_time
 
@@ -207,6 +208,44 @@ def test_model_gptq_beats_rtn(smollm, bits):
         assert bits < fp.bits_per_weight < bits + 1
         ppl[cfg.method] = perplexity(model, held, seqlen=256)
     assert ppl["gptq"] < ppl["rtn"], ppl
+
+
+@pytest.fixture(scope="module")
+def four_blocks(smollm, tmp_path_factory):
+    """The bundled model cut to its first 4 of 30 decoder blocks (real weights), saved where GPTQModel reads it:
+    the whole-model path (true-sequential block inputs, packing, packed kernels) at a seventh of the cost."""
+    from evalsuite.models import ModelRef, load
+
+    ref, (_, tok) = smollm
+    model, _ = load(ref)
+    model.model.layers = model.model.layers[:4]
+    model.config.num_hidden_layers = 4
+    out = tmp_path_factory.mktemp("smollm2-4blocks")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return ModelRef("smollm2-4blocks", "local", str(out), "test:4blocks", str(out)), tok
+
+
+@pytest.mark.slow
+def test_native_gptq_perplexity_within_2pct_of_gptqmodels(four_blocks, tmp_path):
+    """Same config and calibration windows, native in place vs GPTQModel packed on its own kernel."""
+    pytest.importorskip("gptqmodel")
+    from evalsuite.models import ModelRef, load
+    from quant.backends import load_packed, quantize_with_gptqmodel
+    from quant.calib import heldout_ids, perplexity
+
+    ref, tok = four_blocks
+    held = heldout_ids(tok, 1024)
+    for bits in (4, 3):
+        cfg = GPTQConfig(bits=bits, group_size=64, calib_n=8, calib_seqlen=256)
+        model, _ = load(ref)
+        quantize_(model, cfg, tokenizer=tok)
+        native = perplexity(model, held, seqlen=256)
+        out = tmp_path / f"{bits}bit"
+        quantize_with_gptqmodel(ref, cfg, out)
+        packed, _ = load_packed(ModelRef(ref.name, "packed", str(out), ref.fingerprint, ref.source), kernel="gptq_torch")
+        reference = perplexity(packed, held, seqlen=256)
+        assert native <= 1.02 * reference, (bits, native, reference)
 
 
 @pytest.mark.slow

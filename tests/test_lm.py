@@ -10,7 +10,10 @@ import torch
 import yaml
 
 from evalsuite.errors import UsageError
-from evalsuite.lm import EvalsuiteLM, PositionCounter, PrefixNode, _SlabLayer, distinct_prefix_tokens, plan_prefix_tree
+from evalsuite.kv_rows import SlabLayer
+from evalsuite.lm import EvalsuiteLM
+from evalsuite.meter import PositionCounter
+from evalsuite.prefix_tree import PrefixNode, distinct_prefix_tokens, plan_prefix_tree
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks" / "offline"
 
@@ -82,7 +85,7 @@ def test_identical_sequences_keep_their_last_token():
 def test_slab_holds_ragged_prefixes_extends_in_place_and_never_writes_a_shared_prefix():
     long_kv, short_kv = (torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)), (torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4))
     saved = [t.clone() for t in (*long_kv, *short_kv)]
-    layer = _SlabLayer(3, 9)
+    layer = SlabLayer(3, 9)
     layer.put(0, *long_kv)
     layer.put(1, *long_kv)  # two rows share one prefix
     layer.put(2, *short_kv)
