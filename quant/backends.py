@@ -28,8 +28,10 @@ PACKED_BUFFERS = ("qweight", "qzeros", "scales", "g_idx")  # what a GPTQ-format 
 
 
 def require_gptqmodel():
-    # GPTQModel's CPU path needs a worker count; it reads it once, at import.
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+    # GPTQModel sizes its CPU pool once, when the pool is first built, and its model loader takes 2 workers of it:
+    # its own default ((cores + 1) // 2) and any setting below 2 fail with "requests 2 workers" on 2 cores.
+    workers = max(2, os.cpu_count() or 1, int(os.environ.get("GPTQMODEL_CPU_WORKERS") or 0))
+    os.environ["GPTQMODEL_CPU_WORKERS"] = str(workers)
     try:
         import gptqmodel
     except ModuleNotFoundError:

@@ -226,26 +226,35 @@ def four_blocks(smollm, tmp_path_factory):
     return ModelRef("smollm2-4blocks", "local", str(out), "test:4blocks", str(out)), tok
 
 
-@pytest.mark.slow
-def test_native_gptq_perplexity_within_2pct_of_gptqmodels(four_blocks, tmp_path):
-    """Same config and calibration windows, native in place vs GPTQModel packed on its own kernel."""
-    pytest.importorskip("gptqmodel")
-    from evalsuite.models import ModelRef, load
-    from quant.backends import load_packed, quantize_with_gptqmodel
-    from quant.calib import heldout_ids, perplexity
+@torch.no_grad()
+def _final_hidden(model, ids: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model.model(w[None].to(model.device)).last_hidden_state[0].float().cpu() for w in ids.split(256)])
 
+
+@pytest.mark.slow
+def test_native_gptq_within_2pct_of_gptqmodel_through_four_blocks(four_blocks, tmp_path):
+    """Same config and calibration windows, native in place vs GPTQModel packed on its own kernel: the relative
+    error of the last block's output on held-out text. (A 4-block cut has no meaningful perplexity, about 7e7;
+    whole-model perplexities of both are in benchmarks/bench_gptq.py and the README.)"""
+    from evalsuite.models import ModelRef, load
+    from quant.backends import load_packed, quantize_with_gptqmodel, require_gptqmodel
+    from quant.calib import heldout_ids
+
+    require_gptqmodel()  # before anything imports it: GPTQModel reads its worker count once
     ref, tok = four_blocks
     held = heldout_ids(tok, 1024)
+    exact = _final_hidden(load(ref)[0], held)
     for bits in (4, 3):
-        cfg = GPTQConfig(bits=bits, group_size=64, calib_n=8, calib_seqlen=256)
-        model, _ = load(ref)
-        quantize_(model, cfg, tokenizer=tok)
-        native = perplexity(model, held, seqlen=256)
+        err = {}
+        for cfg in (RTNConfig(bits=bits, group_size=64), GPTQConfig(bits=bits, group_size=64, calib_n=8, calib_seqlen=256)):
+            model, _ = load(ref)
+            quantize_(model, cfg, tokenizer=tok)
+            err[cfg.method] = ((_final_hidden(model, held) - exact).norm() / exact.norm()).item()
         out = tmp_path / f"{bits}bit"
-        quantize_with_gptqmodel(ref, cfg, out)
+        quantize_with_gptqmodel(ref, GPTQConfig(bits=bits, group_size=64, calib_n=8, calib_seqlen=256), out)
         packed, _ = load_packed(ModelRef(ref.name, "packed", str(out), ref.fingerprint, ref.source), kernel="gptq_torch")
-        reference = perplexity(packed, held, seqlen=256)
-        assert native <= 1.02 * reference, (bits, native, reference)
+        err["gptqmodel"] = ((_final_hidden(packed, held) - exact).norm() / exact.norm()).item()
+        assert err["gptq"] <= 1.02 * err["gptqmodel"] and err["gptq"] < err["rtn"], (bits, err)
 
 
 @pytest.mark.slow
