@@ -1,29 +1,49 @@
-"""Quantizers as (frozen config dataclass, handler) pairs, in the style of torchao's `quantize_`.
+"""Quantizers as (frozen config dataclass, handler) pairs, in the style of torchao's ``quantize_``.
 
-A post-load method mutates the model in place: ``quantize_(model, RTNConfig(bits=4))``.
-A load-time method (bitsandbytes, packed GPTQ checkpoints) instead contributes
-``from_pretrained`` kwargs through ``load_kwargs(config)``.
-Either way the caller gets a ``Footprint`` describing how big the result really is.
+Owns: the config base class and its hooks, the option declaration every config field uses, the footprint
+accounting, and the registry. Imports torch and each method's own library (inside the method's file) — never
+``evalsuite``: this layer works on modules, tensors, configs and paths it is given.
+
+A method is applied one of three ways, which its config says through the hooks of ``QuantConfig``:
+
+* post-load (RTN, native GPTQ, MPO): ``quantize_(model, RTNConfig(bits=4))`` mutates the model in place;
+* load kwargs (bitsandbytes): ``config.load_kwargs()`` goes to ``from_pretrained``;
+* packed checkpoint (GPTQModel): ``config.build_checkpoint(src, out, ...)`` writes a packed checkpoint once, which
+  the loader then loads; the caller owns where it lives and its cache.
+
+Either way ``quantize_`` returns a ``Footprint`` describing how big the result really is. Adding a method is one
+file that registers its config and handler, plus one line in ``_load_builtin``.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from quant.calib import Calibration
 
 
 class QuantError(ValueError):
     """A config or model that a quantizer cannot accept; the message names the fix."""
 
 
+def option(default: Any, help: str, *, choices: tuple | None = None) -> Any:
+    """A config field that is also a user option: ``--name-with-dashes`` on the CLI and ``name`` in sweep files."""
+    kind = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**kind, metadata={"help": help, "choices": choices})
+
+
 @dataclass(frozen=True)
 class QuantConfig:
-    """Base of every quantizer config. Subclasses are frozen dataclasses that validate in __post_init__."""
+    """Base of every quantizer config: frozen dataclasses that check their own values in ``__post_init__`` and
+    their fit to a model in ``validate``. The hooks below default to a post-load method that needs nothing."""
 
     method: ClassVar[str] = "none"
-    load_time: ClassVar[bool] = False  # True: applied through from_pretrained kwargs, not quantize_
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **dataclasses.asdict(self)}
@@ -32,12 +52,45 @@ class QuantConfig:
         """Short human label used in tables, e.g. ``4bit-rtn-g64``."""
         return self.method
 
+    @property
+    def bit_width(self) -> int | None:
+        """The bits of its codes, or None for methods without one (MPO: the bond sets the size)."""
+        return getattr(self, "bits") if "bits" in {f.name for f in dataclasses.fields(self)} else None
+
+    def validate(self, model: nn.Module) -> None:
+        """Raise QuantError if this config cannot apply to ``model``; a meta-device skeleton is enough."""
+
+    def calibration(self) -> Calibration | None:
+        """The calibration windows this method reads, or None."""
+        return None
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """``from_pretrained`` kwargs of a load-time method."""
+        return {}
+
+    @property
+    def builds_checkpoint(self) -> bool:
+        """True: ``build_checkpoint`` writes a packed checkpoint, which is loaded instead of the source model."""
+        return False
+
+    def build_checkpoint(self, source: Path, out: Path, calib: torch.Tensor, tokenizer) -> None:
+        raise NotImplementedError(f"{self.method} is applied after loading, not through a packed checkpoint")
+
+    @property
+    def load_time(self) -> bool:
+        """Whether the model is never held unquantized (so the 16-bit reference needs a load of its own)."""
+        return self.builds_checkpoint or bool(self.load_kwargs())
+
 
 @dataclass(frozen=True)
 class NoQuant(QuantConfig):
     """The 16-bit baseline: the model as loaded."""
 
     method: ClassVar[str] = "none"
+
+    @property
+    def bit_width(self) -> int:
+        return 16
 
     def label(self) -> str:
         return "16bit"
@@ -105,11 +158,18 @@ def known_methods() -> list[str]:
     return sorted(_BY_NAME)
 
 
+def config_classes() -> list[type]:
+    """Every registered config class, the baseline first."""
+    _load_builtin()
+    return sorted(set(_BY_NAME.values()), key=lambda c: (c.method != "none", c.method))
+
+
 def quantize_(model: nn.Module, config: QuantConfig, **ctx: Any) -> Footprint:
     """Apply ``config`` to ``model`` in place and return its footprint.
 
-    ``ctx`` carries what some methods need beyond the model: ``tokenizer``, ``calib`` (calibration
-    token ids). Load-time configs were applied by the loader; their handler only measures.
+    ``ctx`` carries what some methods need beyond the model: ``tokenizer``, ``calib`` (calibration token ids),
+    ``checkpoint`` (the directory a packed model was loaded from). Load-time configs were applied by the loader;
+    their handler only measures.
     """
     _load_builtin()
     try:
@@ -117,19 +177,6 @@ def quantize_(model: nn.Module, config: QuantConfig, **ctx: Any) -> Footprint:
     except KeyError:
         raise QuantError(f"no handler registered for {type(config).__name__}") from None
     return handler(model, config, **ctx)
-
-
-def validate(model: nn.Module, config: QuantConfig) -> None:
-    """Raise QuantError if ``config`` cannot apply to ``model`` (a meta-device skeleton is enough)."""
-    check = getattr(config, "validate", None)
-    if check:
-        check(model)
-
-
-def load_kwargs(config: QuantConfig) -> dict[str, Any]:
-    """``from_pretrained`` kwargs for load-time methods; empty for post-load ones."""
-    fn = getattr(config, "load_kwargs", None)
-    return fn() if config.load_time and fn else {}
 
 
 def _load_builtin() -> None:

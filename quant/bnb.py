@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from quant import Footprint, QuantConfig, QuantError, register
+from quant import Footprint, QuantConfig, QuantError, option, register
 
 QUANT_TYPES = {8: ("int8",), 4: ("nf4", "fp4")}  # the first is the default for its width
 COMPUTE_DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -21,22 +21,24 @@ COMPUTE_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 @dataclass(frozen=True)
 class BnbConfig(QuantConfig):
+    """bitsandbytes at load time (--method bnb): 8 bits = LLM.int8, 4 bits = nf4 or fp4."""
+
     bits: int = 4
-    quant_type: str = ""  # int8 at 8 bits; nf4 (default) or fp4 at 4 bits
-    double_quant: bool = False  # 4 bit: quantize the per-block scales too
-    compute_dtype: str = "auto"  # 4 bit matmul dtype; auto: float32 on CPU (bf16 is slower there), float16 on CUDA
-    int8_threshold: float = 6.0  # LLM.int8: input features whose magnitude exceeds this run in 16 bit
+    bnb_type: str = option("", "4 bits: nf4 (default) or fp4; 8 bits: int8", choices=("nf4", "fp4", "int8"))
+    double_quant: bool = option(False, "4 bits: quantize the per-block scales too")
+    compute_dtype: str = option("auto", "4-bit matmul dtype; auto: float32 on CPU (bf16 is slower there), float16 on CUDA",
+                                choices=COMPUTE_DTYPES)
+    int8_threshold: float = option(6.0, "LLM.int8: input features whose magnitude exceeds this run in 16 bit")
 
     method: ClassVar[str] = "bnb"
-    load_time: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.bits not in QUANT_TYPES:
             raise QuantError(f"bitsandbytes quantizes to 8 bits (int8) or 4 bits (nf4, fp4); got {self.bits}; use --method gptq or rtn for other widths")
-        if not self.quant_type:
-            object.__setattr__(self, "quant_type", QUANT_TYPES[self.bits][0])
-        if self.quant_type not in QUANT_TYPES[self.bits]:
-            raise QuantError(f"bitsandbytes at {self.bits} bits supports {' or '.join(QUANT_TYPES[self.bits])}; got {self.quant_type!r}")
+        if not self.bnb_type:
+            object.__setattr__(self, "bnb_type", QUANT_TYPES[self.bits][0])
+        if self.bnb_type not in QUANT_TYPES[self.bits]:
+            raise QuantError(f"bitsandbytes at {self.bits} bits supports {' or '.join(QUANT_TYPES[self.bits])}; got {self.bnb_type!r}")
         if self.double_quant and self.bits != 4:
             raise QuantError("double quantization applies to 4-bit bitsandbytes only; drop --double-quant or use --bits 4")
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -55,13 +57,13 @@ class BnbConfig(QuantConfig):
         if self.bits == 8:
             qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=self.int8_threshold)
         else:
-            qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self.quant_type,
+            qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self.bnb_type,
                                     bnb_4bit_use_double_quant=self.double_quant,
                                     bnb_4bit_compute_dtype=self.resolved_compute_dtype())
         return {"quantization_config": qc}
 
     def label(self) -> str:
-        return f"{self.bits}bit-bnb-{self.quant_type}" + ("-dq" if self.double_quant else "")
+        return f"{self.bits}bit-bnb-{self.bnb_type}" + ("-dq" if self.double_quant else "")
 
 
 def _bits(t: torch.Tensor | None) -> int:

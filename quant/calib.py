@@ -1,13 +1,14 @@
-"""Calibration and held-out text: real English that ships on every machine, split so they never overlap.
+"""Calibration text: real English that ships on every machine, split so calibration never sees the held-out part.
 
-Source: CPython's ``pydoc_data.topics`` (~480 KB of the language reference). The last ``HELDOUT_FRAC``
-of it (cut at a paragraph boundary) is held out for perplexity; calibration windows come only from the rest.
-On a GPU box ``source="c4"`` samples the paper's C4 shard through ``datasets`` instead.
+Source: CPython's ``pydoc_data.topics`` (~480 KB of the language reference). The last ``HELDOUT_FRAC`` of it (cut at
+a paragraph boundary) is held out: calibration windows come only from the rest, and ``heldout_text`` hands the held-out
+part to whoever measures on text no quantizer saw. On a GPU box ``source="c4"`` samples the paper's C4 shard through
+``datasets`` instead.
 """
 from __future__ import annotations
 
-import math
 import random
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -15,6 +16,27 @@ import torch
 from quant import QuantError
 
 HELDOUT_FRAC = 0.1
+SOURCES = ("pydoc", "c4")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Which calibration windows a method reads: ``n`` windows of ``seqlen`` tokens from ``source``."""
+
+    n: int
+    seqlen: int
+    seed: int = 0
+    source: str = "pydoc"
+
+    def ids(self, tokenizer) -> torch.Tensor:
+        return calibration_ids(tokenizer, self.n, self.seqlen, self.seed, self.source)
+
+    def check(self, tokenizer) -> None:
+        """Raise QuantError when these windows cannot be cut (checked before any model loads; c4 is checked
+        where it is read, since counting it needs the hub)."""
+        _check_shape(self.n, self.seqlen, self.source)
+        if self.source == "pydoc":
+            _check_length(len(token_ids(tokenizer, split_text()[0])), self.seqlen)
 
 
 @lru_cache(maxsize=1)
@@ -32,50 +54,35 @@ def split_text() -> tuple[str, str]:
     return text[:cut], text[cut + 2 :]
 
 
-def _ids(tokenizer, text: str) -> torch.Tensor:
+def heldout_text() -> str:
+    """The part of the corpus no calibration window ever reads."""
+    return split_text()[1]
+
+
+def token_ids(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
 def calibration_ids(tokenizer, n: int, seqlen: int, seed: int = 0, source: str = "pydoc") -> torch.Tensor:
     """``n`` random windows of ``seqlen`` tokens, shape [n, seqlen], reproducible from ``seed``."""
-    if n < 1 or seqlen < 1:
-        raise QuantError(f"calibration needs n >= 1 sequences of length >= 1; got n={n}, seqlen={seqlen}")
-    if source == "pydoc":
-        ids = _ids(tokenizer, split_text()[0])
-    elif source == "c4":
-        ids = _c4_ids(tokenizer, n * seqlen * 2, seed)
-    else:
-        raise QuantError(f"unknown calibration source {source!r}; use pydoc (offline) or c4 (needs the hub)")
-    if len(ids) < seqlen + 1:
-        raise QuantError(f"calibration text has {len(ids)} tokens, fewer than one sequence of {seqlen}; lower --calib-seqlen")
+    _check_shape(n, seqlen, source)
+    ids = token_ids(tokenizer, split_text()[0]) if source == "pydoc" else _c4_ids(tokenizer, n * seqlen * 2, seed)
+    _check_length(len(ids), seqlen)
     rng = random.Random(seed)
     starts = [rng.randrange(0, len(ids) - seqlen) for _ in range(n)]
     return torch.stack([ids[s : s + seqlen] for s in starts])
 
 
-def heldout_ids(tokenizer, max_tokens: int | None = 4096) -> torch.Tensor:
-    ids = _ids(tokenizer, split_text()[1])
-    return ids[:max_tokens] if max_tokens else ids
+def _check_shape(n: int, seqlen: int, source: str) -> None:
+    if n < 1 or seqlen < 1:
+        raise QuantError(f"calibration needs n >= 1 sequences of length >= 1; got n={n}, seqlen={seqlen}")
+    if source not in SOURCES:
+        raise QuantError(f"unknown calibration source {source!r}; use pydoc (offline) or c4 (needs the hub)")
 
 
-@torch.no_grad()
-def window_logprobs(model, ids: torch.Tensor, seqlen: int = 512):
-    """Yield (log-probs [n, vocab] of the next token, the n target ids) per non-overlapping window."""
-    device = next(model.parameters()).device
-    for start in range(0, len(ids) - 1, seqlen):
-        window = ids[start : start + seqlen].unsqueeze(0).to(device)
-        if window.shape[1] < 2:
-            break
-        yield torch.log_softmax(model(window).logits[0, :-1].float(), dim=-1), window[0, 1:]
-
-
-def perplexity(model, ids: torch.Tensor, seqlen: int = 512) -> float:
-    """Token-level perplexity over non-overlapping windows of ``seqlen`` (the GPTQ paper's protocol)."""
-    nll, count = 0.0, 0
-    for logp, target in window_logprobs(model, ids, seqlen):
-        nll -= logp.gather(1, target[:, None]).sum().item()
-        count += len(target)
-    return math.exp(nll / count)
+def _check_length(available: int, seqlen: int) -> None:
+    if available < seqlen + 1:
+        raise QuantError(f"calibration text has {available} tokens, fewer than one sequence of {seqlen}; lower --calib-seqlen")
 
 
 def _c4_ids(tokenizer, n_tokens: int, seed: int) -> torch.Tensor:

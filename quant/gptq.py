@@ -18,18 +18,20 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from pathlib import Path
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn as nn
 
-from quant import Footprint, QuantConfig, QuantError, register
-from quant.linears import plan
+from quant import Footprint, QuantConfig, QuantError, option, register
+from quant.calib import SOURCES, Calibration
+from quant.linears import KEEP_HELP, plan
 from quant.outliers import FORWARD_BATCH, top_channels
-from quant.rtn import check_group_size, dequantize, grid_params, quantize, storage_bits
+from quant.rtn import GROUP_HELP, OUTLIERS_HELP, SYM_HELP, check_group_size, dequantize, grid_params, quantize, storage_bits
 
 GPTQ_BITS = (2, 3, 4, 8)
-BACKENDS = ("native", "gptqmodel", "auto-gptq")
+IMPLEMENTATIONS = ("native", "gptqmodel", "auto-gptq")
 
 
 class GPTQ:
@@ -287,25 +289,24 @@ def quantize_sequential(model: nn.Module, linears: dict[str, nn.Linear], ids: to
 
 @dataclass(frozen=True)
 class GPTQConfig(QuantConfig):
-    """The paper's defaults: asymmetric, group 128, act-order, 128 calibration sequences of 2048 tokens.
-
-    On the bundled model (hidden 576) the CLI passes group 64 and shorter sequences.
-    """
+    """GPTQ (--method gptq). The paper's defaults: asymmetric, group 128, act-order, 128 calibration sequences of
+    2048 tokens; the bundled model's defaults (models.yaml) are group 64 and 16 x 512."""
 
     bits: int = 4
-    group_size: int = 128
-    sym: bool = False
-    act_order: bool = True
-    static_groups: bool = False
-    damp: float = 0.01  # fraction of the Hessian's mean diagonal added to its diagonal
-    blocksize: int = 128  # columns per lazy batch update
-    calib_n: int = 128
-    calib_seqlen: int = 2048
-    calib_seed: int = 0
-    calib_source: str = "pydoc"  # pydoc (offline) | c4 (hub)
-    keep: tuple[str, ...] = ()  # linears (names, globs or 'attention'/'ffn') left at 16 bit
-    keep_outliers: int = 0  # per linear, this many input channels of largest activation left at 16 bit
-    backend: str = "native"  # native | gptqmodel | auto-gptq
+    group_size: int = option(128, GROUP_HELP)
+    sym: bool = option(False, SYM_HELP)
+    act_order: bool = option(True, "quantize columns in order of decreasing Hessian diagonal (act-order)")
+    static_groups: bool = option(False, "act-order with group parameters fixed before any update")
+    damp: float = option(0.01, "Hessian dampening, a fraction of its mean diagonal")
+    blocksize: int = option(128, "columns per lazy batch update")
+    calib_n: int = option(128, "calibration sequences")
+    calib_seqlen: int = option(2048, "calibration sequence length in tokens")
+    calib_seed: int = option(0, "seed of the calibration windows")
+    calib_source: str = option("pydoc", "pydoc (offline) or c4 (the paper's; needs the hub)", choices=SOURCES)
+    keep: tuple[str, ...] = option((), KEEP_HELP)
+    keep_outliers: int = option(0, OUTLIERS_HELP)
+    gptq_impl: str = option("native", "native (ours, in place) or gptqmodel (a packed checkpoint on its kernels); "
+                            "auto-gptq only says why it cannot run", choices=IMPLEMENTATIONS)
 
     method: ClassVar[str] = "gptq"
 
@@ -318,28 +319,39 @@ class GPTQConfig(QuantConfig):
             raise QuantError(f"--damp must lie strictly between 0 and 1 (a fraction of the mean Hessian diagonal); got {self.damp}")
         if self.blocksize < 1 or self.calib_n < 1 or self.calib_seqlen < 1 or self.keep_outliers < 0:
             raise QuantError("GPTQ blocksize, --calib-n and --calib-seqlen must be positive and --keep-outliers 0 or more")
-        if self.backend not in BACKENDS:
-            raise QuantError(f"unknown GPTQ backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        if self.gptq_impl not in IMPLEMENTATIONS:
+            raise QuantError(f"unknown GPTQ implementation {self.gptq_impl!r}; use one of {', '.join(IMPLEMENTATIONS)}")
         object.__setattr__(self, "keep", tuple(self.keep))
-        if self.backend != "native" and (self.keep or self.keep_outliers):
-            raise QuantError(f"--keep and --keep-outliers work with the native GPTQ backend only, not {self.backend}")
+        if self.gptq_impl != "native" and (self.keep or self.keep_outliers):
+            raise QuantError(f"--keep and --keep-outliers work with the native GPTQ implementation only, not {self.gptq_impl}")
+
+    def validate(self, model: nn.Module) -> None:
+        """Keep patterns, group size against every layer, outlier count against every width, the library."""
+        if self.gptq_impl == "auto-gptq":
+            from quant.gptq_packed import refuse_auto_gptq
+
+            refuse_auto_gptq()
+        if self.gptq_impl == "gptqmodel":
+            from quant.gptq_packed import check_gptqmodel
+
+            check_gptqmodel()
+        linears, _ = plan(model, self.keep)
+        for name, lin in linears.items():
+            check_group_size(lin.in_features, self.group_size, name)
+            if self.keep_outliers >= lin.in_features:
+                raise QuantError(f"--keep-outliers {self.keep_outliers} must be below the input width {lin.in_features} of {name}")
+
+    def calibration(self) -> Calibration:
+        return Calibration(self.calib_n, self.calib_seqlen, self.calib_seed, self.calib_source)
 
     @property
-    def load_time(self) -> bool:  # type: ignore[override]  # packed backends are built by prepare() + load()
-        return self.backend != "native"
+    def builds_checkpoint(self) -> bool:
+        return self.gptq_impl != "native"
 
-    def load_kwargs(self) -> dict[str, Any]:
-        return {}  # a packed checkpoint carries its quantization_config; models.load routes it
+    def build_checkpoint(self, source: Path, out: Path, calib: torch.Tensor, tokenizer) -> None:
+        from quant.gptq_packed import quantize_with_gptqmodel
 
-    def prepare(self, ref):
-        """For packed backends: the ref of a cached GPTQ checkpoint of ``ref`` made with this config."""
-        if self.backend == "native":
-            return ref
-        from quant.backends import gptqmodel_checkpoint, refuse_auto_gptq
-
-        if self.backend == "auto-gptq":
-            refuse_auto_gptq()
-        return gptqmodel_checkpoint(ref, self)
+        quantize_with_gptqmodel(source, self, out, calib, tokenizer)
 
     def label(self) -> str:
         g = "row" if self.group_size == -1 else f"g{self.group_size}"
@@ -348,27 +360,24 @@ class GPTQConfig(QuantConfig):
             + ("-static" if self.static_groups else "") + (f"-keep:{'+'.join(self.keep)}" if self.keep else "")
             + (f"-out{self.keep_outliers}" if self.keep_outliers else "")
             + ("" if self.damp == GPTQConfig.damp else f"-damp{self.damp:g}")
-            + ("" if self.backend == "native" else f"-{self.backend}")
+            + ("" if self.gptq_impl == "native" else f"-{self.gptq_impl}")
         )
 
 
 @register(GPTQConfig)
 def gptq_(model: nn.Module, config: GPTQConfig, tokenizer=None, calib: torch.Tensor | None = None,
-          ref=None, **_: object) -> Footprint:
-    """Native: quantize ``model`` in place. Packed backends: ``model`` was loaded packed; only measure it."""
-    if config.backend != "native":
-        from quant.backends import packed_footprint
+          checkpoint: Path | None = None, **_: object) -> Footprint:
+    """Native: quantize ``model`` in place. GPTQModel: ``model`` was loaded packed from ``checkpoint``; only measure it."""
+    if config.builds_checkpoint:
+        from quant.gptq_packed import packed_footprint
 
-        return packed_footprint(model, ref)
+        return packed_footprint(model, checkpoint)
+    config.validate(model)  # every layer checked before any is touched
     linears, fp = plan(model, config.keep)
-    for name, lin in linears.items():  # validate every layer before touching any
-        check_group_size(lin.in_features, config.group_size, name)
     if calib is None:
         if tokenizer is None:
             raise QuantError("GPTQ needs calibration text: pass the tokenizer (tokenizer=...) or token ids (calib=...) to quantize_")
-        from quant.calib import calibration_ids
-
-        calib = calibration_ids(tokenizer, config.calib_n, config.calib_seqlen, config.calib_seed, config.calib_source)
+        calib = config.calibration().ids(tokenizer)
     kept = quantize_sequential(model, linears, calib, config)
     g_idx = config.act_order and not config.static_groups and config.group_size != -1
     for name, lin in linears.items():

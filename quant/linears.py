@@ -14,6 +14,7 @@ COMPONENTS = {
     "ffn": ("*mlp.*", "*feed_forward.*", "*ffn.*"),
 }
 ALWAYS_SKIPPED = ("lm_head",)
+KEEP_HELP = "linears left at 16 bit: attention, ffn, or globs over module names"
 
 
 def expand_patterns(patterns: Iterable[str]) -> tuple[str, ...]:

@@ -1,205 +1,30 @@
-"""Matrix product operator (MPO) compression of linear layers, alone or with RTN on the cores.
-
-Gao et al. (Phys. Rev. Research 2, 2020) and Liu et al. (MPOP, ACL 2021): W of shape (I, J), with
-I = i1*...*in and J = j1*...*jn, is reshaped to (i1..in, j1..jn), permuted to (i1, j1, ..., in, jn) and
-split by sequential SVD into cores T_k of shape [D_{k-1}, i_k, j_k, D_k]. Truncating the bonds D_k keeps
-the largest singular directions; by MPOP's Theorem 1 the Frobenius error is at most the root of the
-singular-value energy discarded over all bonds. Here W is ``nn.Linear.weight``: I = out, J = in features.
-
-Layout: pure functions (factorization, bond sizes, ``matrix2mpo``/``mpo2matrix``, RTN on cores), the
-module ``MPOLinear``, then the configs and their one handler.
+"""Matrix product operator (MPO) compression of linear layers, alone or with RTN on the cores (--method mpo,
+mpo+rtn): the module ``MPOLinear`` that replaces an ``nn.Linear``, the configs and their one handler. The tensor
+math lives in quant.mpo_tensor.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Mapping, NamedTuple, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from quant import Footprint, QuantConfig, QuantError, register
-from quant.linears import plan, replace_module
-from quant.rtn import RTN_BITS, fake_quantize, storage_bits
-
-Factors = tuple[int, ...]
-
-
-# ---- factorization -------------------------------------------------------------------------------------
-
-def prime_factors(n: int) -> list[int]:
-    out, p = [], 2
-    while p * p <= n:
-        while n % p == 0:
-            out.append(p)
-            n //= p
-        p += 1
-    return out + ([n] if n > 1 else [])
-
-
-def balanced_factors(size: int, n: int) -> Factors:
-    """``size`` as exactly ``n`` factors, as equal as its primes allow (largest prime into the smallest
-    factor first); too few primes leave factors of 1. Small factors go to the ends, large ones to the
-    middle, so the central core carries the big bonds as in MPOP."""
-    bins = [1] * n
-    for p in sorted(prime_factors(size), reverse=True):
-        bins[bins.index(min(bins))] *= p
-    ascending = sorted(bins)
-    return tuple(ascending[0::2] + ascending[1::2][::-1])
-
-
-def layer_factors(out_features: int, in_features: int, n_factors: int,
-                  explicit: Mapping[int, Factors] | None = None) -> tuple[Factors, Factors]:
-    """(out factors, in factors) of one layer. An explicit factorization of either size sets the count;
-    otherwise a prime or size-1 dimension lowers it to what the other side can split into (one core,
-    the dense matrix itself, when neither splits): fewer factors, never a wrong reshape."""
-    explicit = explicit or {}
-    given = [explicit[d] for d in (out_features, in_features) if d in explicit]
-    if given:
-        n = len(given[0])
-    else:
-        n = max(1, min(n_factors, max(len(prime_factors(out_features)), len(prime_factors(in_features)))))
-    return (explicit.get(out_features) or balanced_factors(out_features, n),
-            explicit.get(in_features) or balanced_factors(in_features, n))
-
-
-def check_factors(shape: Sequence[int], out_factors: Factors, in_factors: Factors) -> None:
-    if len(out_factors) != len(in_factors) or not out_factors:
-        raise QuantError(f"MPO needs as many out as in factors (at least one); got {out_factors} and {in_factors}")
-    for size, fs, side in ((shape[0], out_factors, "out"), (shape[1], in_factors, "in")):
-        if any(f < 1 for f in fs) or math.prod(fs) != size:
-            raise QuantError(f"MPO {side} factors {'x'.join(map(str, fs))} multiply to {math.prod(fs)}, "
-                             f"not {size}; give positive factors whose product is {size}")
-
-
-def parse_factorization(text: str) -> tuple[int, Factors]:
-    """``"576=3x4x4x4x3"`` -> (576, (3, 4, 4, 4, 3)); the product must be the size."""
-    size, sep, rest = text.partition("=")
-    try:
-        n, fs = int(size), tuple(int(f) for f in rest.split("x"))
-    except ValueError:
-        raise QuantError(f"MPO factorization {text!r} is not SIZE=F1xF2x...; write e.g. 576=3x4x4x4x3") from None
-    if not sep or n < 1 or any(f < 1 for f in fs) or math.prod(fs) != n:
-        raise QuantError(f"MPO factorization {text!r}: the factors multiply to {math.prod(fs)}, not {n}; "
-                         f"give positive factors whose product is {n}")
-    return n, fs
-
-
-# ---- bond sizes (no SVD needed: a thin SVD always returns min(rows, cols) directions) -------------------
-
-def bond_dims(out_factors: Factors, in_factors: Factors, max_bond: int | None = None) -> list[int]:
-    """D_1..D_{n-1} under a bond cap; untruncated D_k = min(prod of left dims, prod of right dims)."""
-    pairs = [i * j for i, j in zip(out_factors, in_factors)]
-    bonds, d = [], 1
-    for k in range(len(pairs) - 1):
-        d = min(d * pairs[k], math.prod(pairs[k + 1:]), max_bond or math.inf)
-        bonds.append(int(d))
-    return bonds
-
-
-def core_params(out_factors: Factors, in_factors: Factors, bonds: Sequence[int]) -> int:
-    """sum_k D_{k-1} i_k j_k D_k with D_0 = D_n = 1."""
-    full = [1, *bonds, 1]
-    return sum(full[k] * i * j * full[k + 1] for k, (i, j) in enumerate(zip(out_factors, in_factors)))
-
-
-def bond_for_ratio(out_factors: Factors, in_factors: Factors, ratio: float) -> int:
-    """The largest bond cap whose cores hold at most ``ratio`` of the dense parameters."""
-    dense = math.prod(out_factors) * math.prod(in_factors)
-    fits = lambda cap: core_params(out_factors, in_factors, bond_dims(out_factors, in_factors, cap)) <= ratio * dense  # noqa: E731
-    if not fits(1):
-        smallest = core_params(out_factors, in_factors, bond_dims(out_factors, in_factors, 1)) / dense
-        raise QuantError(f"compression ratio {ratio:g} is below the smallest MPO of this shape (bond 1 gives "
-                         f"{smallest:.4g}); raise the ratio, use more factors, or --keep the layer")
-    lo, hi = 1, max(bond_dims(out_factors, in_factors), default=1)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
-
-
-# ---- decomposition and contraction ----------------------------------------------------------------------
-
-class MPODecomposition(NamedTuple):
-    cores: list[torch.Tensor]  # T_k of shape [D_{k-1}, i_k, j_k, D_k]
-    discarded: list[float]  # squared singular values dropped at each bond (n-1 entries)
-
-
-def _kept_rank(s: torch.Tensor, max_bond: int | None, budget_sq: float) -> int:
-    rank = len(s) if max_bond is None else min(len(s), max_bond)
-    if budget_sq > 0:
-        tail = s.square().flip(0).cumsum(0).flip(0)  # tail[r]: energy dropped when keeping r directions
-        within = (tail <= budget_sq).nonzero()
-        rank = min(rank, int(within[0]) if len(within) else len(s))
-    return max(rank, 1)
-
-
-def _thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(U, s, diag(s) V^T). LAPACK's SVD is 5-70x slower than needed on the very wide blocks of the first
-    steps, so a wide block goes through the eigenvectors of its small Gram matrix (float64; U stays
-    orthonormal, so the dropped energy is exactly the squared norm of the dropped rows)."""
-    if a.shape[0] > a.shape[1]:
-        u, s, vh = torch.linalg.svd(a, full_matrices=False)
-        return u, s, s[:, None] * vh
-    u = torch.linalg.eigh(a @ a.T).eigenvectors.flip(-1)
-    rest = u.T @ a
-    return u, torch.linalg.vector_norm(rest, dim=1), rest
-
-
-def matrix2mpo(w: torch.Tensor, out_factors: Factors, in_factors: Factors, max_bond: int | None = None,
-               rel_error: float | None = None) -> MPODecomposition:
-    """Sequential SVD of ``w`` (float64 inside, cores in ``w``'s dtype). ``max_bond`` caps every bond;
-    ``rel_error`` gives each of the n-1 bonds an equal share of the budget (eps*||W||)^2, so the whole
-    reconstruction stays within eps*||W||_F (TT-SVD, Oseledets 2011)."""
-    check_factors(w.shape, out_factors, in_factors)
-    n = len(out_factors)
-    t = w.detach().double().reshape(*out_factors, *in_factors)
-    rest = t.permute([a for k in range(n) for a in (k, n + k)]).reshape(1, -1)  # (i1, j1, ..., in, jn)
-    budget_sq = (rel_error * float(torch.linalg.norm(t))) ** 2 / max(n - 1, 1) if rel_error else 0.0
-    cores, discarded, bond = [], [], 1
-    for i, j in zip(out_factors[:-1], in_factors[:-1]):
-        u, s, s_vh = _thin_svd(rest.reshape(bond * i * j, -1))
-        keep = _kept_rank(s, max_bond, budget_sq)
-        discarded.append(float(s[keep:].square().sum()))
-        cores.append(u[:, :keep].reshape(bond, i, j, keep).to(w.dtype))
-        rest, bond = s_vh[:keep], keep
-    cores.append(rest.reshape(bond, out_factors[-1], in_factors[-1], 1).to(w.dtype))
-    return MPODecomposition(cores, discarded)
-
-
-def mpo2matrix(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Contract the cores back to the (I, J) matrix."""
-    w = cores[0].new_ones(1, 1, 1)  # (rows so far, columns so far, open bond)
-    for core in cores:
-        _, i, j, d = core.shape
-        w = torch.einsum("abd,dije->aibje", w, core).reshape(w.shape[0] * i, w.shape[1] * j, d)
-    return w.reshape(w.shape[0], w.shape[1])
-
-
-# ---- RTN on cores ---------------------------------------------------------------------------------------
-
-def _core_groups(numel: int, group_size: int) -> tuple[int, int, int]:
-    """(full groups, group length, tail length): consecutive entries in memory order, last group shorter."""
-    g = numel if group_size == -1 else min(group_size, numel)
-    full, tail = divmod(numel, g)
-    return full, g, tail
-
-
-def fake_quantize_core(core: torch.Tensor, bits: int, group_size: int, sym: bool = False) -> torch.Tensor:
-    """RTN (quant.rtn's grid) on a core of any shape, per group of ``group_size`` consecutive entries."""
-    flat = core.reshape(-1)
-    full, g, tail = _core_groups(flat.numel(), group_size)
-    parts = [fake_quantize(flat[: full * g].reshape(full, g), bits, -1, sym).reshape(-1)]
-    if tail:
-        parts.append(fake_quantize(flat[full * g :].reshape(1, tail), bits, -1, sym).reshape(-1))
-    return torch.cat(parts).reshape(core.shape)
-
-
-def core_storage_bits(numel: int, bits: int, group_size: int, sym: bool = False) -> int:
-    """Packed bits of a core: ``bits``-bit codes plus one fp16 scale (and zero, if asymmetric) per group."""
-    full, g, tail = _core_groups(numel, group_size)
-    return storage_bits((full, g), bits, -1, sym) + (storage_bits((1, tail), bits, -1, sym) if tail else 0)
+from quant import Footprint, QuantConfig, QuantError, option, register
+from quant.linears import KEEP_HELP, plan, replace_module
+from quant.mpo_tensor import (
+    Factors,
+    bond_for_ratio,
+    core_storage_bits,
+    fake_quantize_core,
+    layer_factors,
+    matrix2mpo,
+    mpo2matrix,
+    parse_factorization,
+)
+from quant.rtn import RTN_BITS, SYM_HELP
 
 
 # ---- module -------------------------------------------------------------------------------------------
@@ -249,32 +74,33 @@ class MPOLinear(nn.Module):
 
 @dataclass(frozen=True)
 class MPOConfig(QuantConfig):
-    """MPO with exactly one truncation rule: a bond cap, a per-layer relative Frobenius error budget, or a
-    per-layer target compression ratio (core parameters / dense parameters). Cores are stored at 16 bit."""
+    """MPO (--method mpo) with exactly one truncation rule: a bond cap, a per-layer relative Frobenius error budget,
+    or a per-layer target compression ratio (core parameters / dense parameters). Cores are stored at 16 bit."""
 
-    bond_dim: int | None = None
-    rel_error: float | None = None
-    ratio: float | None = None
-    n_factors: int = 5
-    factors: tuple[str, ...] = ()  # explicit factorizations "SIZE=F1xF2x..." for dimensions of that size
-    keep: tuple[str, ...] = ()  # linears (names, globs or 'attention'/'ffn') left dense at 16 bit
-    dense: bool = True  # evaluate with W rebuilt once (fast inference); False contracts the cores per call
+    bond_dim: int | None = option(None, "MPO: bond dimension cap D")
+    rel_error: float | None = option(None, "MPO: per-layer relative Frobenius error budget, in (0, 1)")
+    mpo_ratio: float | None = option(None, "MPO: per-layer target compression ratio, in (0, 1]")
+    n_factors: int = option(5, "MPO: cores per layer (5, as MPOP)")
+    mpo_factors: tuple[str, ...] = option((), "MPO: explicit factorizations such as 576=3x4x4x4x3")
+    keep: tuple[str, ...] = option((), KEEP_HELP)
+    mpo_contract: bool = option(False, "MPO: evaluate by contracting the cores per call instead of rebuilding W once "
+                                       "(slow; the real MPO cost)")
 
     method: ClassVar[str] = "mpo"
 
     def __post_init__(self) -> None:
-        rules = [r for r in ("bond_dim", "rel_error", "ratio") if getattr(self, r) is not None]
+        rules = [r for r in (self.bond_dim, self.rel_error, self.mpo_ratio) if r is not None]
         if len(rules) != 1:
             raise QuantError(f"MPO needs exactly one of --bond-dim, --rel-error, --mpo-ratio; got {len(rules)}")
         if self.bond_dim is not None and self.bond_dim < 1:
             raise QuantError(f"MPO bond dimension must be an integer >= 1; got {self.bond_dim}")
         if self.rel_error is not None and not 0 < self.rel_error < 1:
             raise QuantError(f"MPO relative error budget must lie in (0, 1); got {self.rel_error}")
-        if self.ratio is not None and not 0 < self.ratio <= 1:
-            raise QuantError(f"MPO compression ratio must lie in (0, 1]; got {self.ratio}")
+        if self.mpo_ratio is not None and not 0 < self.mpo_ratio <= 1:
+            raise QuantError(f"MPO compression ratio must lie in (0, 1]; got {self.mpo_ratio}")
         if self.n_factors < 2:
             raise QuantError(f"MPO needs n_factors >= 2 (1 is the dense matrix); got {self.n_factors}")
-        object.__setattr__(self, "factors", tuple(self.factors))
+        object.__setattr__(self, "mpo_factors", tuple(self.mpo_factors))
         object.__setattr__(self, "keep", tuple(self.keep))
         for size, fs in self.factor_map().items():
             if len(fs) != self.n_factors:
@@ -286,7 +112,7 @@ class MPOConfig(QuantConfig):
         _layer_plans(plan(model, self.keep)[0], self)
 
     def factor_map(self) -> dict[int, Factors]:
-        return dict(parse_factorization(f) for f in self.factors)
+        return dict(parse_factorization(f) for f in self.mpo_factors)
 
     def stored_core(self, core: torch.Tensor, central: bool) -> tuple[torch.Tensor, int]:
         """The core as it will be stored, and its packed bits."""
@@ -294,20 +120,20 @@ class MPOConfig(QuantConfig):
 
     def label(self) -> str:
         rule = (f"D{self.bond_dim}" if self.bond_dim is not None
-                else f"eps{self.rel_error:g}" if self.rel_error is not None else f"r{self.ratio:g}")
+                else f"eps{self.rel_error:g}" if self.rel_error is not None else f"r{self.mpo_ratio:g}")
         n = "" if self.n_factors == 5 else f"-n{self.n_factors}"
         return f"mpo-{rule}{n}" + (f"-keep:{'+'.join(self.keep)}" if self.keep else "")
 
 
 @dataclass(frozen=True)
 class MPORTNConfig(MPOConfig):
-    """MPO, then RTN on the cores: the largest (central) core at ``bits``, the small auxiliary cores at
-    ``aux_bits`` (16 = left unquantized). Groups are ``group_size`` consecutive core entries."""
+    """MPO, then RTN on the cores (--method mpo+rtn): the largest (central) core at ``bits``, the small auxiliary
+    cores at ``aux_bits`` (16 = left unquantized). Groups are ``group_size`` consecutive core entries."""
 
     bits: int = 4
-    aux_bits: int = 8
-    group_size: int = 128
-    sym: bool = False
+    aux_bits: int = option(8, "mpo+rtn: bits of the small auxiliary cores (16 = unquantized)")
+    group_size: int = option(128, "mpo+rtn: consecutive core entries sharing a scale (-1 = one group per core)")
+    sym: bool = option(False, SYM_HELP)
 
     method: ClassVar[str] = "mpo+rtn"
 
@@ -356,9 +182,9 @@ def _layer_plans(linears: Mapping[str, nn.Linear], config: MPOConfig) -> dict[st
     for name, lin in linears.items():
         out_f, in_f = layer_factors(lin.out_features, lin.in_features, config.n_factors, explicit)
         cap = config.bond_dim
-        if config.ratio is not None:
+        if config.mpo_ratio is not None:
             try:
-                cap = bond_for_ratio(out_f, in_f, config.ratio)
+                cap = bond_for_ratio(out_f, in_f, config.mpo_ratio)
             except QuantError as e:
                 raise QuantError(f"{name}: {e}") from None
         plans[name] = (out_f, in_f, cap)
@@ -387,7 +213,7 @@ def mpo_(model: nn.Module, config: MPOConfig, **_: object) -> Footprint:
             "rel_error": _rel_error(w, cores), "mpo_rel_error": _rel_error(w, dec.cores),
             "error_bound": math.sqrt(sum(dec.discarded)) / norm if norm else 0.0,
         }
-        replace_module(model, name, MPOLinear(cores, lin.bias, dense=config.dense))
+        replace_module(model, name, MPOLinear(cores, lin.bias, dense=not config.mpo_contract))
         fp.linear_params += w.numel()
         fp.linear_bits += bits
         dense_params += w.numel()

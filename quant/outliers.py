@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 
 from quant import QuantError
+from quant.calib import Calibration
 
 # RTN has no calibration settings of its own; --keep-outliers on RTN uses these, recorded in the footprint.
-RTN_OUTLIER_CALIB = {"n": 16, "seqlen": 512, "seed": 0, "source": "pydoc"}
+RTN_OUTLIER_CALIB = Calibration(n=16, seqlen=512)
 FORWARD_BATCH = 8  # calibration sequences per forward pass
 
 
@@ -49,11 +50,8 @@ def activation_amax(model: nn.Module, linears: dict[str, nn.Linear], ids: torch.
 def rtn_outlier_channels(model: nn.Module, linears: dict[str, nn.Linear], k: int, tokenizer=None,
                          calib: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The ``k`` outlier channels of every linear, from ``calib`` ids or RTN_OUTLIER_CALIB windows of text."""
-    from quant.calib import calibration_ids
-
     if calib is None:
         if tokenizer is None:
             raise QuantError("--keep-outliers needs calibration text: pass the tokenizer (tokenizer=...) to quantize_")
-        c = RTN_OUTLIER_CALIB
-        calib = calibration_ids(tokenizer, c["n"], c["seqlen"], c["seed"], c["source"])
+        calib = RTN_OUTLIER_CALIB.ids(tokenizer)
     return {name: top_channels(a, k) for name, a in activation_amax(model, linears, calib).items()}

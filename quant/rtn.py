@@ -12,8 +12,8 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-from quant import Footprint, QuantConfig, QuantError, register
-from quant.linears import plan
+from quant import Footprint, QuantConfig, QuantError, option, register
+from quant.linears import KEEP_HELP, plan
 
 RTN_BITS = (2, 3, 4, 5, 6, 8)
 SCALE_BITS = 16  # scales are stored as fp16 in every packed format we account for
@@ -104,13 +104,20 @@ def storage_bits(shape: tuple[int, int], bits: int, group_size: int, sym: bool, 
     )
 
 
+GROUP_HELP = "quantization group: consecutive input columns sharing a scale; must divide every layer's input size, -1 = one per row"
+SYM_HELP = "symmetric grid (default: asymmetric with a zero point)"
+OUTLIERS_HELP = "per linear, this many input channels of largest calibration activation left at 16 bit"
+
+
 @dataclass(frozen=True)
 class RTNConfig(QuantConfig):
+    """Round to nearest, per group, asymmetric with a zero point (--method rtn)."""
+
     bits: int = 4
-    group_size: int = 128
-    sym: bool = False
-    keep: tuple[str, ...] = ()  # linears (names, globs or 'attention'/'ffn') left at 16 bit
-    keep_outliers: int = 0  # per linear, this many input channels of largest activation left at 16 bit
+    group_size: int = option(128, GROUP_HELP)
+    sym: bool = option(False, SYM_HELP)
+    keep: tuple[str, ...] = option((), KEEP_HELP)
+    keep_outliers: int = option(0, OUTLIERS_HELP)
 
     method: ClassVar[str] = "rtn"
 
@@ -129,6 +136,11 @@ class RTNConfig(QuantConfig):
         for name, lin in linears.items():
             check_group_size(lin.in_features, self.group_size, name)
 
+    def calibration(self):
+        from quant.outliers import RTN_OUTLIER_CALIB
+
+        return RTN_OUTLIER_CALIB if self.keep_outliers else None
+
     def label(self) -> str:
         g = "row" if self.group_size == -1 else f"g{self.group_size}"
         return (f"{self.bits}bit-rtn-{g}" + ("-sym" if self.sym else "") + (f"-keep:{'+'.join(self.keep)}" if self.keep else "")
@@ -142,10 +154,12 @@ def rtn_(model: nn.Module, config: RTNConfig, tokenizer=None, calib: torch.Tenso
     linears, fp = plan(model, config.keep)
     kept: dict[str, torch.Tensor] = {}
     if config.keep_outliers:
-        from quant.outliers import RTN_OUTLIER_CALIB, rtn_outlier_channels
+        from dataclasses import asdict
+
+        from quant.outliers import rtn_outlier_channels
 
         kept = rtn_outlier_channels(model, linears, config.keep_outliers, tokenizer, calib)
-        fp.extra["outlier_calib"] = "given" if calib is not None else dict(RTN_OUTLIER_CALIB)
+        fp.extra["outlier_calib"] = "given" if calib is not None else asdict(config.calibration())
     for name, lin in linears.items():
         cols = kept.get(name)
         lin.weight.copy_(fake_quantize(lin.weight, config.bits, config.group_size, config.sym, keep=cols))
