@@ -38,10 +38,11 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from tqdm import tqdm
 from transformers import GenerationConfig
 
+from evalsuite.console import progress_stream
 from evalsuite.errors import UsageError
-from evalsuite.kv_rows import SHARED_PREFIX_ATTENTION, Rows, SlabLayer, attention_implementation
-from evalsuite.meter import Meter
-from evalsuite.prefix_tree import GROUP_OVERHEAD_TOKENS, PrefixNode, common_prefix_len, distinct_prefix_tokens, plan_prefix_tree
+from evalsuite.backend.kv_rows import SHARED_PREFIX_ATTENTION, Rows, SlabLayer, attention_implementation
+from evalsuite.backend.meter import Meter
+from evalsuite.backend.prefix_tree import GROUP_OVERHEAD_TOKENS, PrefixNode, common_prefix_len, distinct_prefix_tokens, plan_prefix_tree
 
 MEMORY_FRACTION = {"cuda": 0.8, "cpu": 0.5}  # of free device memory / available RAM a batch may fill
 # Generation kwargs that greedy decoding ignores in HF generate as well; anything else is refused.
@@ -65,7 +66,7 @@ class EvalsuiteLM(HFLM):
     def __init__(self, pretrained, tokenizer=None, batch_size: int | str = "auto", max_length: int | None = None,
                  add_bos_token: bool | None = None, max_batch_size: int = 64, **kwargs: Any) -> None:
         if isinstance(pretrained, str):
-            raise UsageError("the evalsuite backend takes a loaded model object; load it with evalsuite.models.load first")
+            raise UsageError("the evalsuite backend takes a loaded model object; load it with evalsuite.load.models.load first")
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
                          add_bos_token=add_bos_token, max_batch_size=max_batch_size, **kwargs)
         cfg = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
@@ -291,7 +292,8 @@ class EvalsuiteLM(HFLM):
         that fit (``extra``: tokens each row will still append, such as generated ones)."""
         cap = self.max_batch_size if self.batch_size == "auto" else int(self.batch_size)
         rows = self._tree_rows(seqs, owners)
-        progress = tqdm(total=len(seqs), desc="evalsuite", unit="seq", disable=self._quiet)
+        stream = progress_stream()  # a bar on an interactive terminal only, never in a log
+        progress = tqdm(total=len(seqs), desc="evalsuite", unit="seq", file=stream, disable=self._quiet or stream is None)
         window: list = []
         for row in itertools.chain(rows, [None]):
             if row is not None:

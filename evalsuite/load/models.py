@@ -1,16 +1,14 @@
 """Model names -> (model, tokenizer). The one place that calls ``from_pretrained``.
 
 A name is an alias from models.yaml, a local directory, or a hub id. ``resolve`` is cheap (no weights
-loaded) and yields the fingerprint that goes into every cell id; ``load`` builds the model.
+loaded) and yields the fingerprint that goes into every cell id; ``load`` builds the model; ``skeleton`` gives its
+module tree without weights, for checks before anything loads.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,15 +17,15 @@ from typing import Any
 import yaml
 
 from evalsuite.errors import UsageError
+from evalsuite.load.convert import CONVERTER_VERSION, ensure_converted
 
 ALIASES_FILE = Path(__file__).with_name("models.yaml")
-CONVERTER_VERSION = 1  # bump when the GGUF -> HF conversion changes, to invalidate cached checkpoints
 
 
 @dataclass(frozen=True)
 class ModelRef:
     name: str  # what the user typed
-    kind: str  # bundled | local | hub
+    kind: str  # bundled | local | hub | packed
     path: str  # directory from_pretrained reads (bundled: the converted checkpoint, made on first load)
     fingerprint: str  # identity of the weights: hash of the bundled file or local files, or hub revision
     source: str  # the GGUF file, local dir or hub id the weights came from
@@ -75,23 +73,31 @@ def resolve(name: str) -> ModelRef:
 def load(ref: ModelRef, dtype: Any = None, **load_kwargs: Any):
     """(model, tokenizer) in eval mode; fp32 on CPU (bf16 is slower there), fp16 on CUDA unless told."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if ref.kind == "bundled":
-        _ensure_converted(ref)
-    from quant.backends import is_packed_gptq, load_packed
+        ensure_converted(ref)
+    from quant.gptq_packed import is_packed_gptq, load_packed
 
     if is_packed_gptq(ref.path):  # GPTQModel / auto-gptq checkpoints: GPTQModel's loader and kernels
-        return load_packed(ref)
+        return load_packed(ref.path)
     if dtype is None:
         dtype = torch.float16 if torch.cuda.is_available() else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype, **load_kwargs}
     if torch.cuda.is_available() and "device_map" not in kwargs:
         kwargs["device_map"] = "cuda"
     model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(ref.path)
     model.eval()
-    return model, tokenizer
+    return model, load_tokenizer(ref)
+
+
+def load_tokenizer(ref: ModelRef):
+    """The tokenizer alone: cheap, for checks and calibration before any model loads."""
+    from transformers import AutoTokenizer
+
+    if ref.kind == "bundled":
+        ensure_converted(ref)
+    return AutoTokenizer.from_pretrained(ref.path)
 
 
 def skeleton(ref: ModelRef):
@@ -100,7 +106,7 @@ def skeleton(ref: ModelRef):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if ref.kind == "bundled":
-        _ensure_converted(ref)
+        ensure_converted(ref)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(ref.path))
 
@@ -114,39 +120,6 @@ def _bundled_file(name: str, package: str, file: str) -> Path:
     if not path.exists():
         raise UsageError(f"package {package} has no {file}; reinstall it with `make setup`")
     return path
-
-
-def _ensure_converted(ref: ModelRef) -> None:
-    """Dequantize the bundled GGUF once into an HF checkpoint; later loads take seconds, not ~35 s.
-
-    A GGUF-loaded model refuses ``save_pretrained``, so the weights are copied into a model freshly
-    built from the same config. Written to a temp dir and renamed, so a killed conversion leaves nothing.
-    """
-    target = Path(ref.path)
-    if (target / "config.json").exists():
-        return
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = Path(ref.source)
-    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = src.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(src.state_dict(), strict=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        fresh.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "evalsuite-source.json").write_text(json.dumps({"gguf": str(gguf), "fingerprint": ref.fingerprint}))
-        tmp.rename(target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").exists():  # another process may have won the race
-            raise
 
 
 def _cached_snapshot(hub_id: str) -> Path | None:

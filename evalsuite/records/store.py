@@ -12,9 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 1
-REQUIRED = ("schema", "cell_id", "status", "spec", "identity")
-STATUSES = ("ok", "failed")
+from evalsuite.records.record import Record, RecordError
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -52,38 +50,36 @@ def samples_path(run_dir: Path, cell_id: str) -> Path:
     return run_dir / f"{cell_id}.samples.jsonl"
 
 
-def validate(rec: Any) -> str | None:
-    """None when ``rec`` is a usable record, else what is wrong with it."""
-    if not isinstance(rec, dict):
-        return "not a JSON object"
-    missing = [k for k in REQUIRED if k not in rec]
-    if missing:
-        return f"missing {', '.join(missing)}"
-    if rec["schema"] != SCHEMA_VERSION:
-        return f"schema {rec['schema']} is not {SCHEMA_VERSION}"
-    if rec["status"] not in STATUSES:
-        return f"status {rec['status']!r}"
-    if rec["status"] == "ok" and not isinstance(rec.get("results"), dict):
-        return "status ok without results"
-    return None
+def write_record(run_dir: Path, rec: Record) -> Path:
+    path = record_path(run_dir, rec.cell_id)
+    write_json(path, rec.to_dict())
+    return path
 
 
-def read_record(path: Path) -> tuple[dict | None, str | None]:
+def read_record(path: Path) -> tuple[Record | None, str | None]:
     """(record, None) or (None, why it is unusable)."""
     try:
-        rec = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         return None, f"unreadable: {e}"
-    problem = validate(rec)
-    if problem is None and path.stem != rec["cell_id"]:
-        problem = f"file name does not match its cell id {rec['cell_id']}"
-    return (None, problem) if problem else (rec, None)
+    try:
+        rec = Record.from_dict(data)
+    except (RecordError, TypeError) as e:
+        return None, str(e)
+    if path.stem != rec.cell_id:
+        return None, f"file name does not match its cell id {rec.cell_id}"
+    return rec, None
 
 
-def read_run(run_dir: Path) -> tuple[list[dict], list[str]]:
+def record_files(run_dir: Path) -> list[Path]:
+    """A run's record files: ``<cell id>.json``, never a hidden temporary (``.tmp-*``) a killed write left."""
+    return sorted(p for p in Path(run_dir).glob("*.json") if not p.name.startswith("."))
+
+
+def read_run(run_dir: Path) -> tuple[list[Record], list[str]]:
     """All usable records of a run, and one line per unusable file."""
     records, problems = [], []
-    for path in sorted(run_dir.glob("*.json")):
+    for path in record_files(run_dir):
         rec, problem = read_record(path)
         if rec is None:
             problems.append(f"{path}: {problem}; its cell will be recomputed")

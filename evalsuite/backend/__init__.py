@@ -1,0 +1,22 @@
+"""The lm-eval backends a cell evaluates with. ``evalsuite`` (ours): lm-eval's HFLM with the model calls replaced by
+prefix-tree KV reuse, cross-task batching and a meter (lm, prefix_tree, kv_rows, meter); ``hf``: stock lm-eval
+HFLM, the reference for parity tests. ``make_lm`` builds either around a loaded model.
+
+May import: lm-eval, transformers, torch, evalsuite.errors, evalsuite.console.
+"""
+from __future__ import annotations
+
+
+def make_lm(backend: str, model, tokenizer, batch_size: int | str):
+    """The lm-eval ``LM`` of ``backend`` around an already loaded model."""
+    if backend == "hf":
+        import torch
+        from lm_eval.models.huggingface import HFLM
+
+        # HFLM's "auto" batch search relies on CUDA OOM errors; on CPU it would probe for minutes.
+        if batch_size == "auto" and not torch.cuda.is_available():
+            batch_size = 8
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    from evalsuite.backend.lm import EvalsuiteLM
+
+    return EvalsuiteLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)

@@ -1,0 +1,36 @@
+"""Every check that can fail on user input, before any model loads and before anything is written: tasks and their
+bundled data, the hub where tasks or calibration need it, each model, and each quant config against the model's real
+layer shapes (on a weightless skeleton) and calibration text (with the tokenizer only)."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from evalsuite.errors import UsageError
+from evalsuite.load.models import load_tokenizer, resolve, skeleton
+from evalsuite.run.environment import datasets_cached_by_user, hub_reachable
+from evalsuite.spec.cell import CellSpec
+from evalsuite.spec.tasks import check_offline_data, hub_tasks
+
+
+def preflight(cells: list[CellSpec]) -> dict:
+    """Raise UsageError or QuantError (one line each) on the first problem; return the resolved model refs."""
+    tasks = tuple(dict.fromkeys(t for cell in cells for t in cell.tasks))
+    hub = hub_tasks(tasks)
+    if hub and not datasets_cached_by_user() and not hub_reachable():
+        raise UsageError(f"task(s) {', '.join(hub)} read their datasets from the Hugging Face hub, which is not reachable "
+                         f"from here; use --suite offline (the same abilities on bundled items), or set "
+                         f"HF_DATASETS_OFFLINE=1 if those datasets are in your local cache")
+    check_offline_data(tasks)
+    refs = {name: resolve(name) for name in dict.fromkeys(cell.model for cell in cells)}
+    shapes = lru_cache(maxsize=None)(lambda name: skeleton(refs[name]))
+    tokenizers = lru_cache(maxsize=None)(lambda name: load_tokenizer(refs[name]))
+    for cell in cells:
+        cell.quant.validate(shapes(cell.model))
+        calib = cell.quant.calibration()
+        if calib is None:
+            continue
+        if calib.source != "pydoc" and not hub_reachable():
+            raise UsageError(f"--calib-source {calib.source} reads C4 from the Hugging Face hub, which is not reachable "
+                             f"from here; use --calib-source pydoc (offline)")
+        calib.check(tokenizers(cell.model))
+    return refs
