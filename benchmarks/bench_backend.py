@@ -99,7 +99,7 @@ def evaluate(lm, tasks, tm, limit: int | None):
     """(wall s, positions computed, per-item samples) of one backend on ``tasks``."""
     from lm_eval import simple_evaluate
 
-    from evalsuite.meter import PositionCounter
+    from evalsuite.backend.meter import PositionCounter
 
     with PositionCounter(lm.model) as counter:
         t0 = time.perf_counter()
@@ -135,8 +135,8 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from evalsuite.lm import EvalsuiteLM
-    from evalsuite.models import load, resolve
+    from evalsuite.backend.lm import EvalsuiteLM
+    from evalsuite.load.models import load, resolve
 
     model, tok = load(resolve(args.model))
     tm = TaskManager(include_path=str(ROOT / "tasks" / "offline"), include_defaults=False)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from evalsuite.models import load, resolve
+from evalsuite.load.models import load, resolve
 from quant import quantize_
-from quant.calib import calibration_ids, heldout_ids, perplexity
+from evalsuite.run.heldout import heldout_ids, perplexity
+from quant.calib import calibration_ids
 from quant.gptq import GPTQConfig
 from quant.rtn import RTNConfig
 

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from evalsuite.models import ModelRef, load, resolve
+from evalsuite.load.models import load, resolve
 from quant import quantize_
-from quant.backends import load_packed, quantize_with_gptqmodel
-from quant.calib import calibration_ids, heldout_ids, perplexity
+from quant.gptq_packed import load_packed, quantize_with_gptqmodel
+from evalsuite.run.heldout import heldout_ids, perplexity
+from quant.calib import calibration_ids
 from quant.gptq import GPTQConfig
 from quant.rtn import RTNConfig
 
@@ -81,10 +82,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "packed"
             # same calibration windows: same source, n, seqlen and seed
-            _, gptqmodel_s = timed(quantize_with_gptqmodel, ref, cfg, out)
-            packed_ref = ModelRef(ref.name, "packed", str(out), ref.fingerprint, ref.source)
-            model, _ = load_packed(packed_ref, kernel=args.kernel)
-            fp = quantize_(model, replace(cfg, backend="gptqmodel"), ref=packed_ref)  # measures the packed layers
+            _, gptqmodel_s = timed(quantize_with_gptqmodel, Path(ref.path), cfg, out, calib, tok)
+            model, _ = load_packed(out, kernel=args.kernel)
+            fp = quantize_(model, replace(cfg, gptq_impl="gptqmodel"), checkpoint=out)  # measures the packed layers
             gptqmodel_ppl = perplexity(model, held)
             row(f"{bits}-bit gptq gptqmodel", gptqmodel_s, gptqmodel_ppl, fp.bits_per_weight, f"kernel {fp.extra['kernel']}")
             del model

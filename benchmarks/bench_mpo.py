@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from evalsuite.models import load, resolve
+from evalsuite.load.models import load, resolve
 from quant import NoQuant, QuantConfig, quantize_
-from quant.calib import heldout_ids, perplexity
-from quant.mpo import MPOConfig, MPOLinear, MPORTNConfig, layer_factors, matrix2mpo
+from evalsuite.run.heldout import heldout_ids, perplexity
+from quant.mpo import MPOConfig, MPOLinear, MPORTNConfig
+from quant.mpo_tensor import layer_factors, matrix2mpo
 from quant.rtn import RTNConfig, storage_bits
 
 MODEL = "smollm2-135m"
@@ -39,11 +40,11 @@ def cells() -> list[tuple[str, QuantConfig]]:
     out.append(("MPO, error budget", MPOConfig(rel_error=0.3)))
     for b, g in RTN_CELLS:
         bpw = storage_bits((1, g), b, g, sym=False) / g
-        out.append(("MPO at RTN's bits/weight", MPOConfig(ratio=round(bpw / 16, 4))))
+        out.append(("MPO at RTN's bits/weight", MPOConfig(mpo_ratio=round(bpw / 16, 4))))
         core_bits = 8 if b == 8 else 4
         core_bpw = storage_bits((1, CORE_GROUP), core_bits, CORE_GROUP, sym=False) / CORE_GROUP
         out.append(("MPO+RTN near RTN's bits/weight", MPORTNConfig(
-            ratio=min(1.0, round(bpw / core_bpw, 4)), bits=core_bits, aux_bits=8, group_size=CORE_GROUP)))
+            mpo_ratio=min(1.0, round(bpw / core_bpw, 4)), bits=core_bits, aux_bits=8, group_size=CORE_GROUP)))
     return out
 
 
@@ -90,22 +91,24 @@ def speed(tokens: int = 512, bond: int = 64, repeats: int = 5) -> None:
 
 def smoke(configs: list[QuantConfig], limit: int, run: str = "bench-mpo") -> None:
     """The smoke suite through the same pipeline, records and metrics as every other method."""
-    from evalsuite.evaluate import run_cells
-    from evalsuite.report import task_info
-    from evalsuite.spec import CellSpec, expand_suite
+    from evalsuite.report.frame import task_info
+    from evalsuite.run.cells import run_cells
+    from evalsuite.run.preflight import preflight
+    from evalsuite.spec.cell import CellSpec
+    from evalsuite.spec.tasks import expand_suite
 
     tasks = expand_suite("smoke")
     specs = [CellSpec(model=MODEL, quant=c, suite="smoke", tasks=tasks, limit=limit, backend="evalsuite") for c in configs]
-    records = run_cells(specs, RESULTS / run, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    records = run_cells(specs, RESULTS / run, preflight(specs), log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(f"\nsmoke suite, limit {limit} per task\n\n| cell | bits/weight | " + " | ".join(tasks) + " |")
     print("|---|---|" + "---|" * len(tasks))
     for rec in records:
-        if rec["status"] != "ok":
-            print(f"| {rec['spec']['quant']['label']} | failed: {rec['error']} |")
+        if not rec.ok:
+            print(f"| {rec.spec.label} | failed: {rec.error} |")
             continue
-        scores = {**rec["results"], **rec["groups"]}
+        scores = {**rec.results, **rec.groups}
         cols = [fmt(scores.get(t, {}).get(task_info()[t]["metric"]), ".3f") for t in tasks]
-        print(f"| {rec['quant']['label']} | {rec['footprint']['bits_per_weight']:.3f} | " + " | ".join(cols) + " |")
+        print(f"| {rec.spec.label} | {rec.footprint['bits_per_weight']:.3f} | " + " | ".join(cols) + " |")
 
 
 def plot(rows: list[dict], path: str) -> None:

@@ -17,9 +17,17 @@ BAD = [
     (["--limit", "0"], "--limit takes a positive"),
     (["--run", "../escape"], "must be a plain name"),
     (["--bits", "4", "--keep", "nothing.*"], "matches no linear"),
-    (["--backend", "nope"], "unknown backend"),
+    (["--backend", "nope"], "--backend: invalid choice: 'nope'"),
     (["--model", "llama-7b"], "not in the local Hugging Face cache"),
     (["--frobnicate"], "unrecognized arguments"),
+    (["--bits", "4", "--method", "gptq", "--group-size", "100"], "group size 100 does not divide"),
+    (["--bits", "4", "--method", "gptq", "--keep", "attn_typo"], "matches no linear"),
+    (["--bits", "4", "--method", "gptq", "--calib-seqlen", "1000000"], "fewer than one sequence of 1000000"),
+    (["--bits", "4", "--method", "gptq", "--keep-outliers", "576"], "must be below the input width 576"),
+    (["--bits", "4", "--method", "gptq", "--gptq-impl", "auto-gptq"], "auto-gptq cannot run here"),
+    (["--bits", "4", "--method", "gptq", "--calib-source", "c4"], "reads C4 from the Hugging Face hub"),
+    (["--bits", "4", "--method", "mpo"], "exactly one of --bond-dim, --rel-error, --mpo-ratio"),
+    (["--bits", "4", "--method", "bnb", "--bnb-type", "fp4", "--sym"], "method bnb takes no --sym"),
 ]
 
 
@@ -31,6 +39,15 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, tmp_p
     assert rc == 2
     assert len(err) == 1 and message in err[0], err
     assert not results.exists()
+
+
+def test_hub_suite_without_a_hub_is_refused_before_any_load(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)  # the user has not said the datasets are cached
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc = main(["eval", "--suite", "paper", "--bits", "16", "--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "read their datasets from the Hugging Face hub" in err[0] and "--suite offline" in err[0]
+    assert not (tmp_path / "r").exists()
 
 
 def test_table_of_missing_run_exits_2(tmp_path, capsys):
@@ -49,7 +66,7 @@ def offline_copy(tmp_path, monkeypatch):
     """A private copy of tasks/offline that a test may break, swapped in for the real one."""
     import shutil
 
-    from evalsuite import spec
+    from evalsuite.spec import tasks as spec
 
     copy = tmp_path / "offline"
     shutil.copytree(spec.OFFLINE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))

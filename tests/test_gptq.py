@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,17 +109,20 @@ def test_config_defaults_are_the_papers_and_label_is_short():
     assert GPTQConfig(bits=4, group_size=64).label() == "4bit-gptq-g64"
     assert GPTQConfig(bits=3, group_size=64, keep=("attention",), keep_outliers=8).label() == "3bit-gptq-g64-keep:attention-out8"
     assert GPTQConfig(bits=2, group_size=64, damp=0.1).label() == "2bit-gptq-g64-damp0.1"  # two dampings, two labels
-    assert GPTQConfig(bits=4, backend="gptqmodel").label().endswith("-gptqmodel")
-    assert GPTQConfig(bits=4, backend="gptqmodel").load_time and not GPTQConfig().load_time
+    assert GPTQConfig(bits=4, gptq_impl="gptqmodel").label().endswith("-gptqmodel")
+    assert GPTQConfig(bits=4, gptq_impl="gptqmodel").load_time and not GPTQConfig().load_time
+    assert GPTQConfig(bits=4, gptq_impl="gptqmodel").builds_checkpoint and not GPTQConfig().builds_checkpoint
 
 
 def test_auto_gptq_says_why_it_cannot_run():
+    with torch.device("meta"):
+        skeleton = nn.Sequential(nn.Linear(64, 64))
     with pytest.raises(QuantError, match=r"needs CUDA to quantize and transformers<5.*loads auto-gptq checkpoints"):
-        GPTQConfig(backend="auto-gptq").prepare(None)
+        GPTQConfig(gptq_impl="auto-gptq", group_size=64).validate(skeleton)
 
 
 def test_missing_gptqmodel_is_one_clear_line(monkeypatch):
-    from quant.backends import require_gptqmodel
+    from quant.gptq_packed import require_gptqmodel
 
     monkeypatch.setitem(sys.modules, "gptqmodel", None)  # makes `import gptqmodel` fail as if absent
     with pytest.raises(QuantError, match="gptqmodel is not installed; run make setup, which installs the gptq extra"):
@@ -126,26 +130,23 @@ def test_missing_gptqmodel_is_one_clear_line(monkeypatch):
 
 
 def test_keep_rejected_with_packed_backend():
-    with pytest.raises(QuantError, match="native GPTQ backend only"):
-        GPTQConfig(backend="gptqmodel", keep_outliers=4)
+    with pytest.raises(QuantError, match="native GPTQ implementation only"):
+        GPTQConfig(gptq_impl="gptqmodel", keep_outliers=4)
 
 
 # ---- the real bundled model -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def smollm():
-    from evalsuite.models import load, resolve
-
-    ref = resolve("smollm2-135m")
-    return ref, load(ref)
+@pytest.fixture
+def smollm(bundled_ref, bundled):
+    return bundled_ref, bundled
 
 
 @pytest.fixture(scope="module")
-def real_layer(smollm):
+def real_layer(bundled):
     """A real linear of the bundled model and its inputs on calibration text."""
     from quant.calib import calibration_ids
 
-    _, (model, tok) = smollm
+    model, tok = bundled
     layer = model.model.layers[3].self_attn.q_proj
     xs: list[torch.Tensor] = []
     handle = layer.register_forward_pre_hook(lambda _m, a: xs.append(a[0].detach().reshape(-1, a[0].shape[-1]).float().cpu()))
@@ -191,33 +192,37 @@ def test_real_layer_matches_gptqmodels_gptq(real_layer, monkeypatch, static):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bits", [3, 2])
-def test_model_gptq_beats_rtn(smollm, bits):
+def test_model_gptq_beats_rtn(smollm, fresh_model, bits):
     """Held-out perplexity, group 64 asym, same calibration. (At 4 bits the bundled weights already sit on a
     4-bit asymmetric grid, so RTN is unusually good there: not a fair place to compare.) With 4k calibration
     tokens, 2-bit GPTQ needs dampening 0.1: at 0.01 it overfits the calibration text (measured: worse than RTN)."""
-    from evalsuite.models import load
-    from quant.calib import calibration_ids, heldout_ids, perplexity
+    from evalsuite.run.heldout import heldout_ids, perplexity
+    from quant.calib import calibration_ids
+    from quant.linears import find_linears
 
-    ref, (_, tok) = smollm
+    _, (_, tok) = smollm
     calib = calibration_ids(tok, 16, 256, seed=0)
     held = heldout_ids(tok, 512)
     ppl = {}
+    shapes = [(m.out_features, m.in_features) for m in find_linears(smollm[1][0]).values()]
+    n = sum(o * i for o, i in shapes)
+    # codes, an fp16 scale and a b-bit zero per 64 weights; act-order GPTQ adds an int32 group index per input column
+    expected = {"rtn": bits + (16 + bits) / 64, "gptq": bits + (16 + bits) / 64 + sum(32 * i for _, i in shapes) / n}
     for cfg in (RTNConfig(bits=bits, group_size=64), GPTQConfig(bits=bits, group_size=64, damp=0.1)):
-        model, _ = load(ref)
+        model = fresh_model()
         fp = quantize_(model, cfg, tokenizer=tok, calib=calib)
-        assert bits < fp.bits_per_weight < bits + 1
+        assert fp.bits_per_weight == pytest.approx(expected[cfg.method], rel=1e-12)
         ppl[cfg.method] = perplexity(model, held, seqlen=256)
     assert ppl["gptq"] < ppl["rtn"], ppl
 
 
 @pytest.fixture(scope="module")
-def four_blocks(smollm, tmp_path_factory):
+def four_blocks(bundled, tmp_path_factory):
     """The bundled model cut to its first 4 of 30 decoder blocks (real weights), saved where GPTQModel reads it:
     the whole-model path (true-sequential block inputs, packing, packed kernels) at a seventh of the cost."""
-    from evalsuite.models import ModelRef, load
+    from evalsuite.load.models import ModelRef
 
-    ref, (_, tok) = smollm
-    model, _ = load(ref)
+    model, tok = copy.deepcopy(bundled)
     model.model.layers = model.model.layers[:4]
     model.config.num_hidden_layers = 4
     out = tmp_path_factory.mktemp("smollm2-4blocks")
@@ -236,9 +241,9 @@ def test_native_gptq_within_2pct_of_gptqmodel_through_four_blocks(four_blocks, t
     """Same config and calibration windows, native in place vs GPTQModel packed on its own kernel: the relative
     error of the last block's output on held-out text. (A 4-block cut has no meaningful perplexity, about 7e7;
     whole-model perplexities of both are in benchmarks/bench_gptq.py and the README.)"""
-    from evalsuite.models import ModelRef, load
-    from quant.backends import load_packed, quantize_with_gptqmodel, require_gptqmodel
-    from quant.calib import heldout_ids
+    from evalsuite.load.models import ModelRef, load
+    from quant.gptq_packed import load_packed, quantize_with_gptqmodel, require_gptqmodel
+    from evalsuite.run.heldout import heldout_ids
 
     require_gptqmodel()  # before anything imports it: GPTQModel reads its worker count once
     ref, tok = four_blocks
@@ -251,8 +256,9 @@ def test_native_gptq_within_2pct_of_gptqmodel_through_four_blocks(four_blocks, t
             quantize_(model, cfg, tokenizer=tok)
             err[cfg.method] = ((_final_hidden(model, held) - exact).norm() / exact.norm()).item()
         out = tmp_path / f"{bits}bit"
-        quantize_with_gptqmodel(ref, GPTQConfig(bits=bits, group_size=64, calib_n=8, calib_seqlen=256), out)
-        packed, _ = load_packed(ModelRef(ref.name, "packed", str(out), ref.fingerprint, ref.source), kernel="gptq_torch")
+        config = GPTQConfig(bits=bits, group_size=64, calib_n=8, calib_seqlen=256)
+        quantize_with_gptqmodel(Path(ref.path), config, out, config.calibration().ids(tok), tok)
+        packed, _ = load_packed(out, kernel="gptq_torch")
         err["gptqmodel"] = ((_final_hidden(packed, held) - exact).norm() / exact.norm()).item()
         assert err["gptq"] <= 1.02 * err["gptqmodel"] and err["gptq"] < err["rtn"], (bits, err)
 

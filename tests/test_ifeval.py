@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,10 +127,17 @@ def test_ifeval_offline_runs_end_to_end_on_the_bundled_model(bundled):
         model=HFLM(pretrained=model, tokenizer=tok, batch_size=1),
         tasks=["ifeval_offline"],
         task_manager=TaskManager(include_path=str(TASK_DIR), include_defaults=False),
-        limit=1,
+        limit=1, log_samples=True,
         gen_kwargs={"max_gen_toks": 4},  # a check that the task runs through lm-eval, not a score
     )
     scores = out["results"]["ifeval_offline"]
+    (sample,) = out["samples"]["ifeval_offline"]
+    # the aggregate of one prompt is that prompt's verdicts, as the checkers give them on the text generated
+    inp = lm_eval_ifeval.InputExample(key=sample["doc"]["key"], instruction_id_list=sample["doc"]["instruction_id_list"],
+                                      prompt=sample["doc"]["prompt"], kwargs=sample["doc"]["kwargs"])
+    strict = lm_eval_ifeval.test_instruction_following_strict(inp, sample["filtered_resps"][0])
+    assert scores["prompt_level_strict_acc,none"] == float(strict.follow_all_instructions)
+    assert scores["inst_level_strict_acc,none"] == pytest.approx(sum(strict.follow_instruction_list) / len(strict.follow_instruction_list))
     for metric in METRICS:
-        assert 0.0 <= scores[f"{metric},none"] <= 1.0
+        assert scores[f"{metric},none"] == pytest.approx(np.mean(sample[metric]))
     assert out["n-samples"]["ifeval_offline"]["effective"] == 1

@@ -10,10 +10,10 @@ import torch
 import yaml
 
 from evalsuite.errors import UsageError
-from evalsuite.kv_rows import SlabLayer
-from evalsuite.lm import EvalsuiteLM
-from evalsuite.meter import PositionCounter
-from evalsuite.prefix_tree import PrefixNode, distinct_prefix_tokens, plan_prefix_tree
+from evalsuite.backend.kv_rows import SlabLayer
+from evalsuite.backend.lm import EvalsuiteLM
+from evalsuite.backend.meter import PositionCounter
+from evalsuite.backend.prefix_tree import PrefixNode, distinct_prefix_tokens, plan_prefix_tree
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks" / "offline"
 
@@ -145,12 +145,11 @@ def one_thread_when_busy():
 
 
 @pytest.fixture(scope="module")
-def models():
-    from evalsuite.models import load, resolve
+def models(bundled):
     from quant import quantize_
     from quant.rtn import RTNConfig
 
-    model, tok = load(resolve("smollm2-135m"))
+    model, tok = bundled
     rtn2 = copy.deepcopy(model)
     quantize_(rtn2, RTNConfig(bits=2, group_size=64))
     return {"fp32": model, "rtn2": rtn2}, tok

@@ -9,10 +9,8 @@ import torch
 import torch.nn as nn
 
 from quant import QuantError, config_class, quantize_
-from quant.mpo import (
-    MPOConfig,
-    MPOLinear,
-    MPORTNConfig,
+from quant.mpo import MPOConfig, MPOLinear, MPORTNConfig
+from quant.mpo_tensor import (
     balanced_factors,
     bond_dims,
     bond_for_ratio,
@@ -37,16 +35,14 @@ def random_weight(out_f: int, in_f: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(out_f, in_f, generator=g) / math.sqrt(in_f)
 
 
-@pytest.fixture(scope="module")
-def real():
-    from evalsuite.models import load, resolve
-
-    return load(resolve("smollm2-135m"))
+@pytest.fixture
+def real(bundled):
+    return bundled
 
 
 @pytest.fixture(scope="module")
-def real_weights(real):
-    model, _ = real
+def real_weights(bundled):
+    model, _ = bundled
     return {name: model.get_submodule(name).weight.detach().clone() for name in REAL_LAYERS}
 
 
@@ -215,13 +211,11 @@ def test_core_rtn_groups_run_over_consecutive_entries_with_a_short_tail():
 
 @pytest.mark.slow
 @torch.no_grad()
-def test_full_bond_mpo_leaves_the_real_model_unchanged(real):
+def test_full_bond_mpo_leaves_the_real_model_unchanged(real, fresh_model):
     model, tok = real
     ids = tok("The matrix product operator factorizes a weight matrix.", return_tensors="pt")["input_ids"]
     reference = model(ids).logits
-    from evalsuite.models import load, resolve
-
-    mpo_model, _ = load(resolve("smollm2-135m"))
+    mpo_model = fresh_model()
     fp = quantize_(mpo_model, MPOConfig(bond_dim=10**6, keep=ONLY_LAYER_0))
     assert len(fp.layers) == 7 and all(isinstance(mpo_model.get_submodule(n), MPOLinear) for n in fp.layers)
     assert max(layer["rel_error"] for layer in fp.layers.values()) < 1e-5
@@ -230,10 +224,8 @@ def test_full_bond_mpo_leaves_the_real_model_unchanged(real):
 
 @pytest.mark.slow
 @torch.no_grad()
-def test_mpo_footprint_on_real_model():
-    from evalsuite.models import load, resolve
-
-    model, _ = load(resolve("smollm2-135m"))
+def test_mpo_footprint_on_real_model(fresh_model):
+    model = fresh_model()
     dense = {n: model.get_submodule(n).weight.numel() for n in (f"model.layers.0.{p}" for p in (
         "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))}
@@ -257,10 +249,8 @@ def _expected_core_bits(numel: int, bits: int, group: int) -> int:
 
 @pytest.mark.slow
 @torch.no_grad()
-def test_mpo_rtn_quantizes_the_central_core_and_counts_bits_exactly():
-    from evalsuite.models import load, resolve
-
-    model, _ = load(resolve("smollm2-135m"))
+def test_mpo_rtn_quantizes_the_central_core_and_counts_bits_exactly(fresh_model):
+    model = fresh_model()
     config = MPORTNConfig(bond_dim=32, bits=3, aux_bits=8, group_size=32, keep=ONLY_LAYER_0)
     fp = quantize_(model, config)
     for name, layer in fp.layers.items():
@@ -279,14 +269,14 @@ def test_mpo_rtn_quantizes_the_central_core_and_counts_bits_exactly():
 @pytest.mark.parametrize("kwargs,needle", [
     ({"bond_dim": 0}, "bond dimension"),
     ({"bond_dim": 8, "n_factors": 1}, "n_factors"),
-    ({"ratio": 0.0}, "(0, 1]"),
-    ({"ratio": 1.5}, "(0, 1]"),
+    ({"mpo_ratio": 0.0}, "(0, 1]"),
+    ({"mpo_ratio": 1.5}, "(0, 1]"),
     ({"rel_error": 1.0}, "(0, 1)"),
     ({}, "exactly one of"),
-    ({"bond_dim": 8, "ratio": 0.5}, "exactly one of"),
-    ({"bond_dim": 8, "factors": ("576=3x4x4x4x4",)}, "multiply to 768, not 576"),
-    ({"bond_dim": 8, "factors": ("576=4x4x36",)}, "has 3 factors"),
-    ({"bond_dim": 8, "factors": ("576:3x4",)}, "SIZE=F1xF2"),
+    ({"bond_dim": 8, "mpo_ratio": 0.5}, "exactly one of"),
+    ({"bond_dim": 8, "mpo_factors": ("576=3x4x4x4x4",)}, "multiply to 768, not 576"),
+    ({"bond_dim": 8, "mpo_factors": ("576=4x4x36",)}, "has 3 factors"),
+    ({"bond_dim": 8, "mpo_factors": ("576:3x4",)}, "SIZE=F1xF2"),
 ])
 def test_bad_config_is_one_clear_line(kwargs, needle):
     with pytest.raises(QuantError) as e:
@@ -304,9 +294,9 @@ def test_unreachable_ratio_and_unused_factors_fail_before_touching_the_model():
     model = nn.Sequential(nn.Linear(576, 192), nn.Linear(192, 7), nn.Linear(7, 577))
     original = [m.weight.clone() for m in model]
     with pytest.raises(QuantError, match=r"^2: compression ratio 0.5 is below"):  # 7 x 577: one core, ratio 1
-        quantize_(model, MPOConfig(ratio=0.5))
+        quantize_(model, MPOConfig(mpo_ratio=0.5))
     with pytest.raises(QuantError, match="size 768 matches no compressed layer"):
-        quantize_(model, MPOConfig(bond_dim=4, factors=("768=4x4x4x4x3",)))
+        quantize_(model, MPOConfig(bond_dim=4, mpo_factors=("768=4x4x4x4x3",)))
     assert all(isinstance(m, nn.Linear) and torch.equal(m.weight, w) for m, w in zip(model, original))
 
 
@@ -315,7 +305,7 @@ def test_validate_checks_shapes_on_a_meta_skeleton():
         skeleton = nn.Sequential(nn.Linear(576, 192), nn.Linear(7, 577))
     MPOConfig(bond_dim=4).validate(skeleton)
     with pytest.raises(QuantError, match="^1: compression ratio"):
-        MPOConfig(ratio=0.3).validate(skeleton)
+        MPOConfig(mpo_ratio=0.3).validate(skeleton)
     with pytest.raises(QuantError, match="matches no linear"):
         MPORTNConfig(bond_dim=4, keep=("attention",)).validate(skeleton)
 
@@ -324,5 +314,5 @@ def test_configs_serialize_and_label():
     c = MPORTNConfig(bond_dim=64, bits=4, group_size=32)
     assert c.to_dict()["method"] == "mpo+rtn" and c.to_dict()["bond_dim"] == 64
     assert c.label() == "4bit-mpo-D64-rtn-g32-aux8"
-    assert MPOConfig(ratio=0.25, n_factors=3).label() == "mpo-r0.25-n3"
+    assert MPOConfig(mpo_ratio=0.25, n_factors=3).label() == "mpo-r0.25-n3"
     assert config_class("mpo") is MPOConfig and config_class("mpo+rtn") is MPORTNConfig

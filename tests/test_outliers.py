@@ -52,20 +52,16 @@ def test_rtn_keep_outliers_validated_and_labelled():
 
 # ---- the real bundled model -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def smollm():
-    from evalsuite.models import load, resolve
+@pytest.fixture
+def smollm(bundled, fresh_model):
     from quant.calib import calibration_ids
 
-    ref = resolve("smollm2-135m")
-    model, tok = load(ref)
-    return ref, tok, calibration_ids(tok, 2, 128, seed=0)
+    _, tok = bundled
+    return fresh_model, tok, calibration_ids(tok, 2, 128, seed=0)
 
 
 def fresh(smollm):
-    from evalsuite.models import load
-
-    return load(smollm[0])[0]
+    return smollm[0]()
 
 
 @pytest.mark.slow

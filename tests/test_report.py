@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalsuite import report, store
+from evalsuite import report
+from evalsuite.records import store
+from evalsuite.records.record import CellInfo, Heldout, ModelInfo, Record, TaskInfo
 
 MMLU_SUBTASKS = ("mmlu_offline_anatomy", "mmlu_offline_virology")  # real members of the offline mmlu group
 
@@ -24,7 +26,9 @@ TINY_HELDOUT = {16: (9.0, 0.0, 1.0), 4: (9.5, 0.05, 0.95), 2: (30.0, 0.9, 0.6)} 
 
 
 def _label(bits, method, group_size):
-    return "16bit" if bits == 16 else f"{bits}bit-{method}-g{group_size}"
+    if method == "none":
+        return "16bit"
+    return f"{bits}bit-{method}-g{group_size}" if bits is not None else f"{method}-D{group_size}"
 
 
 def _mean_se(values):
@@ -67,43 +71,53 @@ def _samples_and_results(task, values):
     return rows, results
 
 
-def write_cell(run_dir, cid, bits, items, *, model="tiny", method="rtn", group_size=64, ppl=None, heldout=None,
-               status="ok", group_subtasks=True):
-    """Write one synthetic record (and its samples log) the way evalsuite.evaluate.run_cells does."""
+def make_record(cid, bits, items, *, model="tiny", method="rtn", group_size=64, ppl=None, heldout=None, status="ok",
+                created=None, **spec):
+    """One synthetic Record the way evalsuite.run writes it; its sample rows are ``synthetic_samples``."""
+    method = "none" if bits == 16 and method == "rtn" else method
     tasks = [*items, *(["ppl_offline"] if ppl else [])]
-    bpw = 16.0 if bits == 16 else bits + 32 / group_size
-    rec = {
-        "schema": store.SCHEMA_VERSION, "cell_id": cid, "status": status, "identity": {"synthetic": cid},
-        "spec": {"model": model, "quant": {"bits": bits, "group_size": None if bits == 16 else group_size,
-                                           "label": _label(bits, method, group_size)},
-                 "suite": "synthetic", "tasks": tasks, "limit": None, "seed": 1234, "backend": "hf",
-                 "batch_size": 8, "chat_template": False, "bits": bits, "method": "none" if bits == 16 else method},
-        "wall_s": 1.0, "created": f"2026-01-01T00:00:{bits:02d}+00:00",
-    }
+    bpw = 16.0 if method == "none" else (bits or 5) + 32 / group_size
+    info = CellInfo(**{"model": model, "method": method, "bits": bits, "label": _label(bits, method, group_size),
+                       "quant": {"method": method, "bits": bits, "group_size": None if method == "none" else group_size},
+                       "suite": "synthetic", "tasks": tasks, "limit": None, "seed": 1234, "backend": "hf",
+                       "batch_size": 8, "chat_template": False, **spec})
+    head = dict(cell_id=cid, spec=info, identity={"synthetic": cid}, wall_s=1.0, provenance={},
+                created=created or f"2026-01-01T00:00:{(bits or 0):02d}+00:00")
     if status != "ok":
-        store.write_json(store.record_path(run_dir, cid), {**rec, "error": "RuntimeError: out of memory"})
-        return
-    samples, results = [], {}
+        return Record(status=status, error="RuntimeError: out of memory", **head)
+    results = {}
     for task, values in items.items():
-        rows, res = _samples_and_results(task, values)
-        samples += rows
-        results.update(res)
+        results.update(_samples_and_results(task, values)[1])
     if ppl:
         results["ppl_offline"] = {"alias": "ppl_offline", "word_perplexity,none": ppl, "word_perplexity_stderr,none": "N/A",
                                   "bits_per_byte,none": round(math.log2(ppl) / 4, 6)}
-        samples.append({"task": "ppl_offline", "doc_id": 0, "filter": "none", "doc_hash": "p-0",
-                        "metrics": ["word_perplexity"], "word_perplexity": [-120.0, 50]})
-    rec.update({
-        "results": results, "tasks": {t: {"version": 1, "n_shot": 0, "n": 4} for t in results},
-        "model": {"name": model, "params": 1_000_000}, "quant": rec["spec"]["quant"],
-        "footprint": {"bits_per_weight": bpw, "packed_bytes": int(1_000_000 * bpw / 8)},
-    })
-    if group_subtasks:
-        rec["group_subtasks"] = {"mmlu_offline": list(MMLU_SUBTASKS)} if "mmlu_offline" in items else {}
-    if heldout:
-        rec["heldout"] = dict(zip(("token_ppl", "kl_mean", "top1_agreement"), heldout), tokens=4096)
-    store.write_jsonl(store.samples_path(run_dir, cid), samples)
-    store.write_json(store.record_path(run_dir, cid), rec)
+    return Record(
+        status="ok", results=results,
+        tasks={t: TaskInfo(version=1, n_shot=0, n=len(items[t]) if t in items else len(items.get("mmlu_offline", ())) // 2 or 1)
+               for t in results},
+        group_subtasks={"mmlu_offline": list(MMLU_SUBTASKS)} if "mmlu_offline" in items else {},
+        model=ModelInfo(name=model, kind="synthetic", source="-", fingerprint=cid, params=1_000_000),
+        footprint={"bits_per_weight": bpw, "packed_bytes": int(1_000_000 * bpw / 8)},
+        heldout=Heldout(tokens=4096, **dict(zip(("token_ppl", "kl_mean", "top1_agreement"), heldout or (9.0,)))),
+        **head,
+    )
+
+
+def synthetic_samples(items, ppl=None):
+    rows = [row for task, values in items.items() for row in _samples_and_results(task, values)[0]]
+    if ppl:
+        rows.append({"task": "ppl_offline", "doc_id": 0, "filter": "none", "doc_hash": "p-0",
+                     "metrics": ["word_perplexity"], "word_perplexity": [-120.0, 50]})
+    return rows
+
+
+def write_cell(run_dir, cid, bits, items, ppl=None, **kwargs):
+    """Write one synthetic record and its samples log the way evalsuite.run.cells does."""
+    rec = make_record(cid, bits, items, ppl=ppl, **kwargs)
+    if rec.ok:
+        store.write_jsonl(store.samples_path(run_dir, cid), synthetic_samples(items, ppl))
+    store.write_record(run_dir, rec)
+    return rec
 
 
 def write_synthetic_run(run_dir):
@@ -235,14 +249,6 @@ def test_significance_and_flips_on_logged_items(run):
     assert set(zip(gsm["flip"], gsm["answer"])) == {("lost", "7"), ("gained", "42")}
 
 
-def test_samples_map_to_groups_without_group_subtasks(tmp_path):
-    """Records that predate ``group_subtasks`` fall back to the offline group YAMLs."""
-    write_cell(tmp_path, "a16", 16, TINY[16], group_subtasks=False)
-    write_cell(tmp_path, "a04", 4, TINY[4], group_subtasks=False)
-    sig = report.significance(report.paired_items(tmp_path)).set_index("task")
-    assert sig.loc["mmlu_offline", "n"] == 8 and sig.loc["mmlu_offline", "lost"] == 1
-
-
 def test_leaderboard_starts_with_issue_2_columns_and_skips_failed_cells(run):
     _, df = run
     board = report.leaderboard(df)
@@ -259,3 +265,52 @@ def test_empty_run_gives_empty_frames(tmp_path):
     df = report.load(tmp_path)
     assert df.empty and report.leaderboard(df).empty and report.ability_pivot(df).empty
     assert report.paired_items(tmp_path).empty and report.significance(report.paired_items(tmp_path)).empty
+
+
+# ---- baselines are identified by method, never by bit width -------------------------------------------------------
+
+def test_mpo_cell_is_compared_with_the_unquantized_cell_and_shows_no_bit_width(tmp_path):
+    """The bug this replaces: an MPO record says no bit width, and the report once took 'the newest 16-bit record'
+    as the baseline, so the 16-bit model was compared against MPO. Here MPO is written last (the newest)."""
+    write_cell(tmp_path, "base", 16, TINY[16], created="2026-01-01T00:00:00+00:00")
+    write_cell(tmp_path, "mpo", None, TINY[2], method="mpo", group_size=64, created="2026-01-01T00:09:00+00:00")
+    df = report.load(tmp_path)
+    assert df.loc[df["cell_id"] == "mpo", "baseline_id"].iloc[0] == "base"
+    assert df.loc[df["cell_id"] == "base", "baseline_id"].iloc[0] == "base"
+    sig = report.significance(report.paired_items(tmp_path)).set_index("task")
+    assert sig.loc["mmlu_offline", "score16"] == 0.75 and sig.loc["mmlu_offline", "score"] == 0.25  # 16-bit vs MPO
+    assert (sig.loc["mmlu_offline", "lost"], sig.loc["mmlu_offline", "gained"]) == (5, 1)
+    assert report.retention_pivot(df).loc[("tiny", "mmlu_offline"), "mpo-D64"] == pytest.approx(0.25 / 0.75)
+    flipped = report.flips(report.paired_items(tmp_path))
+    assert set(flipped["label"]) == {"mpo-D64"}
+    board = report.leaderboard(df).set_index("precision")
+    assert pd.isna(board.loc["mpo-D64", "bits"]) and board.loc["16bit", "bits"] == 16
+    assert list(board.index) == ["16bit", "mpo-D64"]  # placed by bits/weight (7) below 16
+    report.write_csv(report.leaderboard(df), tmp_path / "board.csv")
+    assert (tmp_path / "board.csv").read_text().splitlines()[2].split(",")[2] == ""  # the bits column is empty
+
+
+def test_two_baselines_with_the_same_key_the_newest_by_the_second_wins(tmp_path):
+    write_cell(tmp_path, "old", 16, TINY[16], created="2026-01-01T00:00:00+00:00")
+    write_cell(tmp_path, "new", 16, TINY[4], created="2026-01-01T00:00:01+00:00")
+    write_cell(tmp_path, "q4", 4, TINY[2])
+    df = report.load(tmp_path)
+    assert set(df.loc[df["cell_id"].isin(["q4", "old", "new"]), "baseline_id"]) == {"new"}
+
+
+def test_a_failed_baseline_is_no_baseline(tmp_path):
+    write_cell(tmp_path, "base", 16, TINY[16], status="failed")
+    write_cell(tmp_path, "q4", 4, TINY[4])
+    df = report.load(tmp_path)
+    assert df.loc[df["cell_id"] == "q4", "baseline_id"].isna().all()
+    assert report.with_baseline(df).empty and report.paired_items(tmp_path).empty
+
+
+@pytest.mark.parametrize("field,value", [("limit", 5), ("seed", 7), ("backend", "evalsuite"), ("chat_template", True)])
+def test_cells_differing_in_limit_seed_backend_or_chat_template_have_their_own_baselines(tmp_path, field, value):
+    write_cell(tmp_path, "base", 16, TINY[16])
+    write_cell(tmp_path, "base_other", 16, TINY[16], **{field: value})
+    write_cell(tmp_path, "q4", 4, TINY[4])
+    write_cell(tmp_path, "q4_other", 4, TINY[4], **{field: value})
+    df = report.load(tmp_path).drop_duplicates("cell_id").set_index("cell_id")
+    assert df.loc["q4", "baseline_id"] == "base" and df.loc["q4_other", "baseline_id"] == "base_other"

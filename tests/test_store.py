@@ -1,27 +1,55 @@
-"""Records: atomic write, validation, round trip; cell ids; run names; suites."""
+"""Records: the typed Record's round trip, atomic write, validation; cell ids; run names; suites."""
+import dataclasses
 import json
 import os
 
 import pytest
+from test_report import TINY, make_record
 
-from evalsuite import store
 from evalsuite.errors import UsageError
-from evalsuite.spec import CellSpec, cell_id, check_run_name, expand_suite, make_quant_config
+from evalsuite.records import store
+from evalsuite.records.record import Record, RecordError
+from evalsuite.report import tidy
+from evalsuite.spec.cell import CellSpec, cell_id, check_run_name
+from evalsuite.spec.options import make_quant_config
+from evalsuite.spec.tasks import expand_suite
 from quant import NoQuant
 from quant.rtn import RTNConfig
 
 
 def _record(cid="abc123", status="ok"):
-    return {"schema": store.SCHEMA_VERSION, "cell_id": cid, "status": status, "spec": {}, "identity": {},
-            "results": {"t": {"acc,none": 0.5}}}
+    return make_record(cid, 16, TINY[16], status=status)
 
 
-def test_write_json_roundtrip_leaves_no_temp_files(tmp_path):
-    path = store.record_path(tmp_path, "abc123")
-    store.write_json(path, _record())
-    rec, problem = store.read_record(path)
-    assert problem is None and rec["results"]["t"]["acc,none"] == 0.5
+def test_record_round_trips_through_json_and_into_the_tidy_frame(tmp_path):
+    rec = _record()
+    path = store.write_record(tmp_path, rec)
+    back, problem = store.read_record(path)
+    assert problem is None and back == rec  # every nested dataclass rebuilt, nothing lost
     assert [p.name for p in tmp_path.iterdir()] == ["abc123.json"]
+    frame = tidy([back])
+    assert set(frame["task"].dropna()) >= {"mmlu_offline", "gsm8k_cot_offline", "ifeval_offline"}
+
+
+def test_reader_names_a_missing_or_unknown_field(tmp_path):
+    data = _record().to_dict()
+    del data["spec"]["method"]
+    (tmp_path / "abc123.json").write_text(json.dumps(data))
+    assert store.read_run(tmp_path)[1] == [f"{tmp_path / 'abc123.json'}: missing field spec.method; its cell will be recomputed"]
+    data = {**_record().to_dict(), "surprise": 1}
+    with pytest.raises(RecordError, match="unknown field.*surprise"):
+        Record.from_dict(data)
+    no_heldout = {**_record().to_dict(), "heldout": None}
+    with pytest.raises(RecordError, match="status ok without heldout"):
+        Record.from_dict(no_heldout)
+
+
+def test_a_field_added_to_the_record_reads_old_files_with_its_default():
+    """Growing the schema: a dataclass with one field more still reads a record written without it."""
+    Grown = dataclasses.make_dataclass("Grown", [("finetune", dict, dataclasses.field(default_factory=dict))],
+                                       bases=(Record,), frozen=True)
+    grown = Grown.from_dict(_record().to_dict())
+    assert grown.finetune == {} and grown.cell_id == "abc123"
 
 
 def test_write_killed_mid_way_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
@@ -41,9 +69,10 @@ def test_write_killed_mid_way_leaves_old_file_and_no_temp(tmp_path, monkeypatch)
 @pytest.mark.parametrize("content,why", [
     ("{not json", "unreadable"),
     ("[]", "not a JSON object"),
-    (json.dumps({"schema": 1, "cell_id": "abc123"}), "missing"),
-    (json.dumps({**_record(), "status": "ok", "results": None}), "without results"),
-    (json.dumps(_record(cid="other")), "does not match"),
+    (json.dumps({"schema": 2, "cell_id": "abc123"}), "missing field status"),
+    (json.dumps({**_record().to_dict(), "schema": 1}), "schema 1 is not 2"),
+    (json.dumps({**_record().to_dict(), "status": "ok", "results": None}), "without results"),
+    (json.dumps(_record(cid="other").to_dict()), "does not match"),
 ])
 def test_unusable_records_are_reported_not_used(tmp_path, content, why):
     (tmp_path / "abc123.json").write_text(content)
@@ -84,6 +113,11 @@ def test_suite_expansion_nests_dedups_and_rejects_unknown():
 
 
 def test_sixteen_bits_is_the_baseline_for_every_method():
+    from quant.mpo import MPOConfig
+
+    assert make_quant_config("mpo", 16, {"bond_dim": 8}) == NoQuant()
+    assert make_quant_config("mpo", 4, {"bond_dim": 8}) == MPOConfig(bond_dim=8)  # no bit width of its own
+    assert MPOConfig(bond_dim=8).bit_width is None and NoQuant().bit_width == 16
     assert make_quant_config("rtn", 16, {"group_size": 64}) == NoQuant()
     assert make_quant_config("rtn", 4, {"group_size": 64}) == RTNConfig(bits=4, group_size=64)
     with pytest.raises(UsageError, match="takes no --bogus"):
