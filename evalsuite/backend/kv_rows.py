@@ -131,26 +131,45 @@ class SlabLayer(DynamicLayer):
 
 class Rows:
     """A batch of sequences extended together: the prefix all rows share (read-only, per-layer KV or None),
-    each row's own cache and its 2D padding mask, next position ids, and the task each row is metered to."""
+    each row's own cache and its 2D padding mask, next position ids, and the task each row is metered to.
+
+    The mask lives in a buffer as wide as the slab, so appending a decoded column writes in place instead of
+    concatenating a copy of the whole mask every step."""
 
     def __init__(self, shared, layers: list[SlabLayer], mask: torch.Tensor, next_pos: torch.Tensor, tasks: list[str]):
         self.shared, self.cache = shared, Cache(layers=layers)
-        self.mask, self.next_pos, self.tasks = mask, next_pos, tasks
+        self.next_pos, self.tasks = next_pos, tasks
+        capacity = max([layer.capacity for layer in layers] + [mask.shape[1]])
+        self._mask = mask.new_zeros(mask.shape[0], capacity)
+        self._mask[:, : mask.shape[1]] = mask
+        self.width = mask.shape[1]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self._mask[:, : self.width]
+
+    def append_mask(self, new: torch.Tensor | None = None, n: int = 1) -> None:
+        """Open ``new``'s columns ([rows, n]; all ones when None) after the current ones."""
+        n = n if new is None else new.shape[1]
+        if self.width + n > self._mask.shape[1]:
+            raise RuntimeError(f"mask overflow: {self.width + n} > {self._mask.shape[1]} columns")
+        self._mask[:, self.width : self.width + n] = 1 if new is None else new
+        self.width += n
 
     def select(self, rows: Sequence[int], extra: int) -> Rows:
-        idx = torch.tensor(rows, device=self.mask.device)
-        cap = self.mask.shape[1] + extra
+        idx = torch.tensor(rows, device=self._mask.device)
+        cap = self.width + extra
         return Rows(self.shared, [layer.select(idx, cap) for layer in self.cache.layers], self.mask[idx],
-                     self.next_pos[idx], [self.tasks[r] for r in rows])
+                    self.next_pos[idx], [self.tasks[r] for r in rows])
 
     @staticmethod
     def stack(parts: list[Rows], extra: int) -> Rows:
         """One batch of the rows of ``parts`` (which share one prefix), with room for ``extra`` more tokens."""
         if len(parts) == 1:
             return parts[0]
-        width = max(p.mask.shape[1] for p in parts)
+        width = max(p.width for p in parts)
         layers = [SlabLayer.stack(list(same), width + extra) for same in zip(*(p.cache.layers for p in parts))]
-        mask = torch.cat([F.pad(p.mask, (0, width - p.mask.shape[1])) for p in parts])
+        mask = torch.cat([F.pad(p.mask, (0, width - p.width)) for p in parts])
         return Rows(parts[0].shared, layers, mask, torch.cat([p.next_pos for p in parts]), sum((p.tasks for p in parts), []))
 
     def prefix(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:

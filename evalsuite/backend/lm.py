@@ -248,16 +248,20 @@ class EvalsuiteLM(HFLM):
         live = [i for _, _, i in batch]  # prompt of each state row
         generated: dict[int, list[int]] = {i: [] for i in live}
         done: set[int] = set()
+        # A stop string that just appeared ends within the last few tokens: decoding only that tail keeps each
+        # step's host work flat in the generated length (lm-eval's own stop criterion looks back the same way).
+        lookback = 2 * max((len(s) for s in stops), default=0) + 4
         while True:
-            next_tokens = logits.argmax(-1).tolist()
+            next_ids = logits.argmax(-1)
+            next_tokens = next_ids.tolist()
             for i, tok in zip(live, next_tokens):
                 if i in done:
                     continue
                 gen = generated[i]
                 gen.append(tok)
-                text = self.tok_decode(gen)
-                if tok in eos_ids or len(gen) >= max_gen or any(s in text for s in stops):
-                    texts[prompts[i]] = postprocess_generated_text(text, until, None)
+                tail = self.tok_decode(gen[-lookback:]) if stops else ""
+                if tok in eos_ids or len(gen) >= max_gen or any(s in tail for s in stops):
+                    texts[prompts[i]] = postprocess_generated_text(self.tok_decode(gen), until, None)
                     done.add(i)
                     self._meter.counts["needed_tokens"] += len(gen) - 1
             keep = [r for r, i in enumerate(live) if i not in done]
@@ -265,8 +269,8 @@ class EvalsuiteLM(HFLM):
                 return
             if len(live) - len(keep) >= max(1, len(live) // 8):  # drop finished rows once an eighth idles
                 state = state.select(keep, extra=max_gen)
-                live, next_tokens = [live[r] for r in keep], [next_tokens[r] for r in keep]
-            logits = self._extend(state, [[t] for t in next_tokens], keep=1, decode=True)[:, -1]
+                live, next_ids = [live[r] for r in keep], next_ids[torch.tensor(keep, device=next_ids.device)]
+            logits = self._step(state, next_ids)
 
     # ---- batching over the prefix tree -------------------------------------------------------------------------
 
@@ -353,7 +357,7 @@ class EvalsuiteLM(HFLM):
         return Rows(shared, layers, mask.to(self.device), next_pos, tasks)
 
     @torch.no_grad()
-    def _extend(self, state: Rows, seqs: Sequence[Sequence[int]], keep: int, decode: bool = False) -> torch.Tensor:
+    def _extend(self, state: Rows, seqs: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
         """Append ``seqs`` (one per row, left-padded to a common width) and return the log-softmax of the last
         ``keep`` positions, shape [rows, keep, vocab]."""
         rows, width = len(seqs), max(map(len, seqs))
@@ -365,11 +369,33 @@ class EvalsuiteLM(HFLM):
             new_mask[r, width - len(s) :] = 1
             pos[r, width - len(s) :] = torch.arange(len(s))
             self._count("tokens_computed", width, state.tasks[r])
-        lengths = new_mask.sum(1).to(self.device)
-        state.mask = torch.cat([state.mask, new_mask.to(self.device)], dim=1)
+        state.append_mask(new_mask.to(self.device))
         t0 = time.perf_counter()
-        call = dict(input_ids=ids.to(self.device), attention_mask=state.mask, use_cache=True, cache=state.cache,
-                    position_ids=pos.to(self.device) + state.next_pos[:, None], logits_to_keep=keep)
+        out = self._forward(state, ids.to(self.device), pos.to(self.device) + state.next_pos[:, None], keep)
+        self._meter.seconds["prefill"] += time.perf_counter() - t0
+        real = int(new_mask.sum())
+        self._count("prefill_tokens", real)
+        self._count("padding_tokens", rows * width - real)
+        state.next_pos = state.next_pos + new_mask.sum(1).to(self.device)
+        return out
+
+    @torch.no_grad()
+    def _step(self, state: Rows, tokens: torch.Tensor) -> torch.Tensor:
+        """Decode one token per row (``tokens`` [rows], on the device): nothing is built on the host, so a step's
+        Python work does not grow with the generated length. Returns the next log-probs [rows, vocab]."""
+        for task in state.tasks:
+            self._count("tokens_computed", 1, task)
+        state.append_mask(n=1)
+        t0 = time.perf_counter()
+        out = self._forward(state, tokens[:, None], state.next_pos[:, None], keep=1)[:, -1]
+        self._meter.seconds["decode"] += time.perf_counter() - t0
+        self._count("decode_tokens", len(tokens))
+        state.next_pos = state.next_pos + 1
+        return out
+
+    def _forward(self, state: Rows, ids: torch.Tensor, positions: torch.Tensor, keep: int) -> torch.Tensor:
+        call = dict(input_ids=ids, attention_mask=state.mask, use_cache=True, cache=state.cache,
+                    position_ids=positions, logits_to_keep=keep)
         if state.shared:
             with attention_implementation(self.model.config, SHARED_PREFIX_ATTENTION):
                 logits = self.model(**call, shared_prefix=state.shared).logits
@@ -378,12 +404,7 @@ class EvalsuiteLM(HFLM):
         out = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
         if out.device.type == "cuda":
             torch.cuda.synchronize()
-        self._meter.seconds["decode" if decode else "prefill"] += time.perf_counter() - t0
-        real = int(new_mask.sum())
-        self._count("decode_tokens" if decode else "prefill_tokens", rows * width if decode else real)
-        self._count("padding_tokens", 0 if decode else rows * width - real)
         self._count("forwards", 1)
-        state.next_pos = state.next_pos + lengths
         return out
 
     def _count(self, key: str, n: int, task: str | None = None) -> None:
