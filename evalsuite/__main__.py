@@ -1,4 +1,4 @@
-"""CLI: ``evalsuite eval | sweep | table | ls``. Parses, calls the library, prints.
+"""CLI: ``evalsuite eval | sweep | table | compare | ls``. Parses, calls the library, prints.
 
 Exit status: 0 when every cell is done, 1 when any cell failed (after running the rest; they are listed at the
 end), 2 for bad input (one line on stderr, nothing written, no model loaded).
@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("table", parents=[common], help="print a run's comparison table and rewrite its exports")
     t.add_argument("--run", default="default")
 
+    c = sub.add_parser("compare", parents=[common], help="two runs item by item: per-task agreement, the items that differ")
+    c.add_argument("run_a", help="a run under the results dir, e.g. one made with --backend hf")
+    c.add_argument("run_b", help="the run to compare with it, e.g. the same cells with --backend vllm")
+    c.add_argument("--show", type=int, default=20, help="differing items to print (all are in the CSV it writes)")
+
     ls = sub.add_parser("ls", help="list models, methods (with their options), suites or tasks")
     ls.add_argument("what", choices=["models", "methods", "suites", "tasks"])
     return p
@@ -159,6 +164,28 @@ def cmd_table(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from evalsuite.report import compare, format_table, write_csv
+    from evalsuite.spec.cell import check_run_name
+
+    dirs = [args.results_dir / check_run_name(run) for run in (args.run_a, args.run_b)]
+    for run, run_dir in zip((args.run_a, args.run_b), dirs):
+        if not run_dir.is_dir():
+            raise UsageError(f"no results for run {run!r} under {args.results_dir}; list the runs with `ls {args.results_dir}`")
+    summary, diffs = compare(*dirs)
+    if summary.empty:
+        raise UsageError(f"runs {args.run_a!r} and {args.run_b!r} share no cell (same model, precision, suite, limit, "
+                         f"seed and chat template) with items in both")
+    out = dirs[1] / f"compare-{args.run_a}.csv"
+    write_csv(diffs, out)
+    console.show(format_table(summary))
+    console.show(f"\n{len(diffs)} items answered differently" + (f"; the first {args.show}:" if len(diffs) > args.show else ":"))
+    if len(diffs):
+        console.show(format_table(diffs.head(args.show)))
+    console.show(f"\nall differing items: {out}")
+    return 0
+
+
 def cmd_ls(args: argparse.Namespace, console: Console) -> int:
     if args.what == "models":
         from evalsuite.load.models import aliases
@@ -184,7 +211,7 @@ def cmd_ls(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"eval": cmd_eval, "sweep": cmd_sweep, "table": cmd_table, "ls": cmd_ls}
+COMMANDS = {"eval": cmd_eval, "sweep": cmd_sweep, "table": cmd_table, "compare": cmd_compare, "ls": cmd_ls}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -314,3 +314,18 @@ def test_cells_differing_in_limit_seed_backend_or_chat_template_have_their_own_b
     write_cell(tmp_path, "q4_other", 4, TINY[4], **{field: value})
     df = report.load(tmp_path).drop_duplicates("cell_id").set_index("cell_id")
     assert df.loc["q4", "baseline_id"] == "base" and df.loc["q4_other", "baseline_id"] == "base_other"
+
+
+def test_compare_matches_cells_across_backends_and_lists_the_items_that_differ(tmp_path):
+    """The same cell run by two backends: per-task agreement on the same items, and each differing item."""
+    write_cell(tmp_path / "hf", "a16", 16, TINY[16])
+    write_cell(tmp_path / "vllm", "b16", 16, TINY[4], backend="vllm")
+    write_cell(tmp_path / "vllm", "b02", 2, TINY[2], backend="vllm")  # no counterpart in the other run
+    summary, diffs = report.compare(tmp_path / "hf", tmp_path / "vllm")
+    rows = summary.set_index("task")
+    assert list(summary["label"]) == ["16bit"] * 3 and set(summary["backend_b"]) == {"vllm"}
+    assert (rows.loc["mmlu_offline", "n"], rows.loc["mmlu_offline", "same_answer"]) == (8, 7 / 8)  # item 2 of anatomy
+    assert rows.loc["gsm8k_cot_offline", "same_verdict"] == 3 / 5  # items 2 and 3 swap verdicts
+    assert rows.loc["ifeval_offline", "same_answer"] == 1 and rows.loc["ifeval_offline", "same_verdict"] == 2 / 4
+    assert sorted(zip(diffs["task"], diffs["doc_id"], diffs["answer_a"], diffs["answer_b"])) == [
+        ("gsm8k_cot_offline", 2, "42", "7"), ("gsm8k_cot_offline", 3, "7", "42"), ("mmlu_offline", 2, "0", "1")]

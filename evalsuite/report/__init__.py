@@ -4,6 +4,7 @@ pairs them with the baseline's (items), tests them (stats), or writes them out (
 
 May import: pandas, numpy, matplotlib (inside plots), evalsuite.records, evalsuite.spec.tasks (suites.yaml).
 """
+from evalsuite.report.compare import compare
 from evalsuite.report.export import export_all, png_bytes, write_csv
 from evalsuite.report.frame import CELL_COLUMNS, baseline_ids, load, normalize, tidy
 from evalsuite.report.items import item_frame, pair, paired_items
@@ -25,7 +26,8 @@ from evalsuite.report.views import (
 )
 
 __all__ = [
-    "CELL_COLUMNS", "abilities", "ability_intervals", "ability_order", "ability_pivot", "baseline_ids", "cells", "export_all",
+    "CELL_COLUMNS", "abilities", "ability_intervals", "ability_order", "ability_pivot", "baseline_ids", "cells", "compare",
+    "export_all",
     "failures", "fig_retention", "fig_score_vs_bits", "fig_score_vs_size", "flips", "format_table", "item_frame",
     "leaderboard", "load", "mcnemar_exact", "normalize", "pair", "paired_bootstrap", "paired_items", "perplexity",
     "png_bytes", "retention_pivot", "scores", "significance", "summary", "tables", "task_order", "tidy",
