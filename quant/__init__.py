@@ -9,7 +9,8 @@ A method is applied one of three ways, which its config says through the hooks o
 * post-load (RTN, native GPTQ, MPO): ``quantize_(model, RTNConfig(bits=4))`` mutates the model in place;
 * load kwargs (bitsandbytes): ``config.load_kwargs()`` goes to ``from_pretrained``;
 * packed checkpoint (GPTQModel): ``config.build_checkpoint(src, out, ...)`` writes a packed checkpoint once, which
-  the loader then loads; the caller owns where it lives and its cache.
+  the loader then loads; the caller owns where it lives and its cache. Post-load methods with a packed format
+  (RTN: GPTQ without error feedback) can write one too (``exports_checkpoint``), for engines that need a file.
 
 Either way ``quantize_`` returns a ``Footprint`` describing how big the result really is. Adding a method is one
 file that registers its config and handler, plus one line in ``_load_builtin``.
@@ -73,8 +74,18 @@ class QuantConfig:
         """True: ``build_checkpoint`` writes a packed checkpoint, which is loaded instead of the source model."""
         return False
 
-    def build_checkpoint(self, source: Path, out: Path, calib: torch.Tensor, tokenizer) -> None:
-        raise NotImplementedError(f"{self.method} is applied after loading, not through a packed checkpoint")
+    def packed_format(self) -> dict[str, Any] | None:
+        """The ``quantization_config`` of the packed checkpoint ``build_checkpoint`` writes for this config, or None
+        when it has no packed format. Engines that load a file rather than take a module (vLLM) decide from it."""
+        return None
+
+    @property
+    def exports_checkpoint(self) -> bool:
+        return self.packed_format() is not None
+
+    def build_checkpoint(self, source: Path, out: Path, calib: torch.Tensor | None, tokenizer) -> None:
+        """Write the model at ``source`` quantized with this config into the directory ``out``."""
+        raise NotImplementedError(f"{self.label()} has no packed checkpoint format")
 
     @property
     def load_time(self) -> bool:

@@ -348,6 +348,15 @@ class GPTQConfig(QuantConfig):
     def builds_checkpoint(self) -> bool:
         return self.gptq_impl != "native"
 
+    def packed_format(self):
+        from quant.gptq_format import gptq_format
+
+        if not self.builds_checkpoint:
+            return None
+        # GPTQModel writes v1 ("gptq"), act-order as desc_act
+        return {**gptq_format(self.bits, self.group_size, self.sym), "checkpoint_format": "gptq",
+                "desc_act": self.act_order, "static_groups": self.static_groups}
+
     def build_checkpoint(self, source: Path, out: Path, calib: torch.Tensor, tokenizer) -> None:
         from quant.gptq_packed import quantize_with_gptqmodel
 

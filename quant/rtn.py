@@ -58,12 +58,12 @@ def check_group_size(in_features: int, group_size: int, name: str = "layer") -> 
         )
 
 
-def fake_quantize(w: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False,
-                  keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Quantize then dequantize ``w`` [out, in] per group; returns a tensor of ``w``'s dtype.
+def quantize_groups(w: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False,
+                    keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes [out, in] and per-group scale and zero point [out, groups] of ``w`` [out, in].
 
-    Input channels (columns) in ``keep`` come back unchanged and do not widen their group's range:
-    zeroing them first is exact, because every grid range already contains 0.
+    Input channels (columns) in ``keep`` do not widen their group's range: zeroing them first is exact, because
+    every grid range already contains 0 (the caller keeps their values; their codes are then meaningless).
     """
     out_f, in_f = w.shape
     g = in_f if group_size == -1 else group_size
@@ -74,8 +74,19 @@ def fake_quantize(w: torch.Tensor, bits: int, group_size: int = 128, sym: bool =
         src[:, keep] = 0
     groups = src.reshape(out_f, in_f // g, g)
     scale, zero = grid_params(groups, bits, sym)
-    scale, zero = scale.unsqueeze(-1), zero.unsqueeze(-1)
-    out = dequantize(quantize(groups, scale, zero, bits), scale, zero).reshape(out_f, in_f).to(w.dtype)
+    codes = quantize(groups, scale.unsqueeze(-1), zero.unsqueeze(-1), bits).reshape(out_f, in_f)
+    return codes, scale, zero
+
+
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False,
+                  keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Quantize then dequantize ``w`` [out, in] per group; returns a tensor of ``w``'s dtype. Input channels
+    in ``keep`` come back unchanged."""
+    codes, scale, zero = quantize_groups(w, bits, group_size, sym, keep)
+    out_f, in_f = w.shape
+    groups = scale.shape[1]
+    out = dequantize(codes.reshape(out_f, groups, -1), scale.unsqueeze(-1), zero.unsqueeze(-1))
+    out = out.reshape(out_f, in_f).to(w.dtype)
     if keep is not None and keep.numel():
         out[:, keep] = w[:, keep]
     return out
@@ -135,6 +146,21 @@ class RTNConfig(QuantConfig):
         linears, _ = plan(model, self.keep)
         for name, lin in linears.items():
             check_group_size(lin.in_features, self.group_size, name)
+
+    def packed_format(self):
+        from quant.gptq_format import gptq_format
+
+        # the GPTQ format quantizes every linear alike: no kept layers or channels
+        return None if self.keep or self.keep_outliers else gptq_format(self.bits, self.group_size, self.sym)
+
+    def build_checkpoint(self, source, out, calib=None, tokenizer=None) -> None:
+        """The GPTQ-format checkpoint of ``source`` at this config: the same codes as ``quantize_``, fp16 scales."""
+        from quant.gptq_format import write_checkpoint
+
+        if not self.exports_checkpoint:
+            raise QuantError(f"{self.label()} keeps some weights at 16 bit, which the GPTQ checkpoint format cannot hold")
+        write_checkpoint(source, out, lambda w: quantize_groups(w, self.bits, self.group_size, self.sym),
+                         self.packed_format())
 
     def calibration(self):
         from quant.outliers import RTN_OUTLIER_CALIB

@@ -1,5 +1,6 @@
-"""Packed checkpoints of the methods that build one (``config.builds_checkpoint``, e.g. GPTQ through GPTQModel):
-made once per (weights, config, library versions) under the cache directory, and reused by every cell that asks.
+"""Packed checkpoints: of the methods that only exist as one (``config.builds_checkpoint``, e.g. GPTQ through
+GPTQModel) and of those that can be exported for engines that load files (``exports_checkpoint``: RTN in the GPTQ
+format, for vLLM). Made once per (weights, config, library versions) under the cache directory, then reused.
 """
 from __future__ import annotations
 
@@ -31,4 +32,5 @@ def packed_ref(ref: ModelRef, config: QuantConfig) -> ModelRef:
 
 def _build(ref: ModelRef, config: QuantConfig, out: Path) -> None:
     tokenizer = load_tokenizer(ref)  # also converts a bundled GGUF into the checkpoint the packer reads
-    config.build_checkpoint(Path(ref.path), out, config.calibration().ids(tokenizer), tokenizer)
+    calib = config.calibration()
+    config.build_checkpoint(Path(ref.path), out, calib.ids(tokenizer) if calib else None, tokenizer)
