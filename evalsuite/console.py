@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -67,9 +66,6 @@ class Console:
         self._root_level = root.level
         root.addHandler(self._handler)
         root.setLevel(logging.INFO)
-        self._tqdm = os.environ.get("TQDM_DISABLE")
-        if not self.verbose:
-            os.environ["TQDM_DISABLE"] = "1"  # libraries' progress bars; ours asks for the terminal itself
         _active = self
         return self
 
@@ -81,10 +77,6 @@ class Console:
         root.setLevel(self._root_level)
         warnings.showwarning = self._showwarning
         sys.stdout, sys.stderr = self.out, self.err
-        if self._tqdm is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = self._tqdm
         if self._file is not None:
             self._file.close()
 

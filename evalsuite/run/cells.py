@@ -7,6 +7,7 @@ error and the rest go on; bad user input never gets this far (``preflight`` refu
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -65,6 +66,7 @@ def run_cells(cells: list[CellSpec], run_dir: Path, refs: dict[str, ModelRef], l
         try:
             rec = run_cell(step.cell, refs[step.cell.model], run_dir, step.cell_id, step.identity)
         except Exception as e:  # noqa: BLE001 - a failed cell is data; the sweep goes on
+            traceback.print_exc()  # stderr is the run's log: the whole story there, one line on the console
             rec = failed_record(step.cell, step.cell_id, step.identity, e, time.perf_counter() - t0)
             log(f"{label}: FAILED: {rec.error}")
         spent.append(time.perf_counter() - t0)
