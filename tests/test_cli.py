@@ -28,6 +28,14 @@ BAD = [
     (["--bits", "4", "--method", "gptq", "--calib-source", "c4"], "reads C4 from the Hugging Face hub"),
     (["--bits", "4", "--method", "mpo"], "exactly one of --bond-dim, --rel-error, --mpo-ratio"),
     (["--bits", "4", "--method", "bnb", "--bnb-type", "fp4", "--sym"], "method bnb takes no --sym"),
+    # what vLLM cannot serve, refused before anything loads, naming the way out
+    (["--backend", "vllm", "--method", "mpo", "--bond-dim", "8"], "no packed checkpoint format vLLM runs"),
+    (["--backend", "vllm", "--bits", "4", "--keep-outliers", "8"], "no packed checkpoint format vLLM runs"),
+    (["--backend", "vllm", "--bits", "4", "--method", "gptq"], "native GPTQ have none"),
+    (["--backend", "vllm", "--bits", "4"], "asymmetric groups with their minimum near 0"),
+    (["--backend", "vllm", "--bits", "3", "--sym"], "serves 4-bit GPTQ only"),
+    (["--backend", "vllm", "--bits", "4", "--method", "gptq", "--gptq-impl", "gptqmodel", "--sym"], "act-order"),
+    (["--backend", "vllm", "--bits", "4", "--method", "bnb"], "no bitsandbytes kernels"),
 ]
 
 

@@ -15,7 +15,7 @@ ALLOWED = {
     "records": set(),
     "backend": {"errors", "console"},
     "load": {"errors", "records"},
-    "spec": {"errors", "records", "load"},
+    "spec": {"errors", "records", "load", "backend"},
     "report": {"errors", "records", "spec"},
     "run": {"errors", "console", "records", "spec", "load", "backend"},
     "__main__": {"errors", "console", "records", "spec", "load", "run", "report"},

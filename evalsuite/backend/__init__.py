@@ -1,10 +1,22 @@
 """The lm-eval backends a cell evaluates with. ``evalsuite`` (ours): lm-eval's HFLM with the model calls replaced by
 prefix-tree KV reuse, cross-task batching and a meter (lm, prefix_tree, kv_rows, meter); ``hf``: stock lm-eval
-HFLM, the reference for parity tests. ``make_lm`` builds either around a loaded model.
+HFLM, the reference for parity tests; ``vllm``: lm-eval's own VLLM class on a checkpoint (vllm.py). ``make_lm``
+builds ours or HFLM around a loaded model; ``choose_backend`` resolves ``auto``.
 
-May import: lm-eval, transformers, torch, evalsuite.errors, evalsuite.console.
+May import: lm-eval, vLLM, transformers, torch, quant, evalsuite.errors, evalsuite.console.
 """
 from __future__ import annotations
+
+
+def choose_backend(config) -> str:
+    """``auto``: vLLM where it is installed, the device is CUDA and it can serve ``config``; ours otherwise. On CPU
+    ours stays the choice: benchmarks/bench_backend.py measured vLLM's CPU build slower than it there (README)."""
+    import torch
+
+    from evalsuite.backend import vllm
+
+    cuda = torch.cuda.is_available()
+    return "vllm" if cuda and vllm.available() and vllm.refusal(config, cuda) is None else "evalsuite"
 
 
 def make_lm(backend: str, model, tokenizer, batch_size: int | str):

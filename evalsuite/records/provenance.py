@@ -7,7 +7,8 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-LIBRARIES = ("evalsuite", "torch", "transformers", "lm_eval", "accelerate", "datasets", "bitsandbytes", "gptqmodel", "gguf", "numpy")
+LIBRARIES = ("evalsuite", "torch", "transformers", "lm_eval", "accelerate", "datasets", "bitsandbytes", "gptqmodel", "gguf", "numpy",
+             "vllm")
 
 
 def package_version(name: str) -> str | None:

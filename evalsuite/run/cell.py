@@ -1,26 +1,32 @@
 """One cell, stage by stage: reference -> load -> compress -> held-out fidelity -> evaluate -> samples -> Record.
+Two ways to get the model ready: in this process for our backend and HFLM (``prepare_module``), or as a checkpoint
+on disk for vLLM (``prepare_vllm``).
 
 Each stage is a function of its own; ``run_cell`` strings them together and times them. A stage that raises
 makes the cell fail (``run_cells`` records it); nothing here decides what to do about it.
 """
 from __future__ import annotations
 
+import gc
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from evalsuite.backend import make_lm
 from evalsuite.load.models import ModelRef, load
 from evalsuite.load.packed import packed_ref
 from evalsuite.records import store
 from evalsuite.records.provenance import environment
-from evalsuite.records.record import CellInfo, ModelInfo, Record, TaskInfo
+from evalsuite.records.record import CellInfo, Heldout, ModelInfo, Record, TaskInfo
 from evalsuite.run import heldout
 from evalsuite.run.memory import peak_memory
 from evalsuite.spec.cell import CellSpec
 from evalsuite.spec.tasks import OFFLINE_DIR, known_task_names
-from quant import quantize_
+from quant import Footprint, NoQuant, quantize_
+from quant.gptq_format import checkpoint_footprint, dequantize_into
 
 SAMPLE_KEYS = ("doc_id", "target", "resps", "filtered_resps", "filter", "metrics", "doc_hash", "prompt_hash")
 
@@ -50,6 +56,45 @@ def run_cell(cell: CellSpec, ref: ModelRef, run_dir: Path, cid: str, identity: d
         timing[f"{stage}_s"] = time.perf_counter() - t0
         return out
 
+    prepare = prepare_vllm if cell.backend == "vllm" else prepare_module
+    with prepare(cell, ref, timed) as ready:
+        out = timed("eval", evaluate, ready.lm, cell)
+    store.write_jsonl(store.samples_path(run_dir, cid), samples(out))
+    lm = ready.lm
+    return Record(
+        cell_id=cid, status="ok", spec=cell_info(cell), identity=identity, created=now(),
+        wall_s=round(time.perf_counter() - start, 2), provenance=environment(),
+        results=out["results"], groups=out.get("groups", {}), group_subtasks=out.get("group_subtasks", {}),
+        tasks={t: TaskInfo(version=out["versions"].get(t), n_shot=out["n-shot"].get(t),
+                           n=out["n-samples"].get(t, {}).get("effective")) for t in out["results"]},
+        higher_is_better=out.get("higher_is_better", {}),
+        model=ModelInfo(name=ref.name, kind=ref.kind, source=ref.source, fingerprint=ref.fingerprint, params=ready.params),
+        footprint={**ready.footprint.summary(), "layers": ready.footprint.layers},
+        heldout=ready.fidelity,
+        eval={"backend": cell.backend, "batch_size": getattr(lm, "batch_size", cell.batch_size),
+              "add_bos_token": getattr(lm, "add_bos_token", None), "chat_template": cell.chat_template,
+              "meter": getattr(lm, "meter", None), **ready.engine},
+        timing={k: round(v, 3) for k, v in timing.items()},
+        memory=ready.memory,
+    )
+
+
+@dataclass
+class Ready:
+    """A cell's model made ready to evaluate: its lm-eval LM, what it stores, how faithful it is, and the peak
+    memory of holding and running it (filled when its ``prepare`` context closes)."""
+
+    lm: Any
+    footprint: Footprint
+    fidelity: Heldout
+    params: int
+    memory: dict[str, Any]
+    engine: dict[str, Any] = field(default_factory=dict)  # vLLM: its engine arguments
+
+
+@contextmanager
+def prepare_module(cell: CellSpec, ref: ModelRef, timed) -> Iterator[Ready]:
+    """Our backend or stock HFLM around the model as quantized in this process (or loaded packed)."""
     # load-time methods never hold the model unquantized: read the reference first, outside the memory meter
     reference = timed("reference", heldout.reference_logprobs, ref) if cell.quant.load_time else None
     with peak_memory() as memory:
@@ -62,26 +107,38 @@ def run_cell(cell: CellSpec, ref: ModelRef, run_dir: Path, cid: str, identity: d
                                                         checkpoint=Path(source.path) if source is not ref else None))
         fidelity = heldout.measure(*heldout.logprobs(model, ids), ref=reference)
         del reference
-        lm = make_lm(cell.backend, model, tok, cell.batch_size)
-        out = timed("eval", evaluate, lm, cell)
-    store.write_jsonl(store.samples_path(run_dir, cid), samples(out))
-    return Record(
-        cell_id=cid, status="ok", spec=cell_info(cell), identity=identity, created=now(),
-        wall_s=round(time.perf_counter() - start, 2), provenance=environment(),
-        results=out["results"], groups=out.get("groups", {}), group_subtasks=out.get("group_subtasks", {}),
-        tasks={t: TaskInfo(version=out["versions"].get(t), n_shot=out["n-shot"].get(t),
-                           n=out["n-samples"].get(t, {}).get("effective")) for t in out["results"]},
-        higher_is_better=out.get("higher_is_better", {}),
-        model=ModelInfo(name=ref.name, kind=ref.kind, source=ref.source, fingerprint=ref.fingerprint,
-                        params=sum(p.numel() for p in model.parameters())),
-        footprint={**footprint.summary(), "layers": footprint.layers},
-        heldout=fidelity,
-        eval={"backend": cell.backend, "batch_size": getattr(lm, "batch_size", cell.batch_size),
-              "add_bos_token": getattr(lm, "add_bos_token", None), "chat_template": cell.chat_template,
-              "meter": getattr(lm, "meter", None)},
-        timing={k: round(v, 3) for k, v in timing.items()},
-        memory=memory,
-    )
+        yield Ready(make_lm(cell.backend, model, tok, cell.batch_size), footprint, fidelity,
+                    params=sum(p.numel() for p in model.parameters()), memory=memory)
+
+
+@contextmanager
+def prepare_vllm(cell: CellSpec, ref: ModelRef, timed) -> Iterator[Ready]:
+    """vLLM on a checkpoint: the source for the baseline, else the cell's packed checkpoint (built once). Held-out
+    fidelity comes from the same weights in a Hugging Face model (the packed tensors dequantized into it), since
+    vLLM returns no full next-token distributions; that model is freed, outside the memory meter, before the
+    engine starts."""
+    from evalsuite.backend import vllm
+
+    quantized = not isinstance(cell.quant, NoQuant)
+    served = timed("pack", packed_ref, ref, cell.quant) if quantized else ref
+    model, tok = timed("load", load, ref)
+    ids = heldout.probe_ids(tok)
+    reference = heldout.logprobs(model, ids)[0]
+    if quantized:
+        timed("quantize", dequantize_into, model, Path(served.path))
+        footprint = checkpoint_footprint(Path(served.path))
+    else:
+        footprint = quantize_(model, cell.quant)
+    fidelity = heldout.measure(*heldout.logprobs(model, ids), ref=reference)
+    params, max_len = sum(p.numel() for p in model.parameters()), model.config.max_position_embeddings
+    del model, reference
+    gc.collect()
+    with peak_memory() as memory:
+        lm = timed("engine", vllm.make_vllm_lm, served.path, quantized, cell.seed, max_len)
+        try:  # vLLM's version is in the provenance with the other libraries'
+            yield Ready(lm, footprint, fidelity, params, memory, {"engine": lm.engine_args})
+        finally:
+            vllm.close(lm)
 
 
 def evaluate(lm, cell: CellSpec) -> dict[str, Any]:

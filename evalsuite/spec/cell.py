@@ -13,13 +13,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from evalsuite.backend import choose_backend
 from evalsuite.errors import UsageError
 from evalsuite.records.provenance import package_version
 from evalsuite.spec.tasks import tasks_hash
 from quant import QuantConfig
 
-BACKENDS = ("evalsuite", "hf")
-DEFAULT_BACKEND = "evalsuite"  # prefix-reusing, metered; hf (stock HFLM) stays for cross-checks
+BACKENDS = ("auto", "evalsuite", "hf", "vllm")
+DEFAULT_BACKEND = "auto"  # vLLM on CUDA where it serves the cell, else ours (see backend.choose)
 DEFAULT_SEED = 1234
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -39,6 +40,8 @@ class CellSpec:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise UsageError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        if self.backend == "auto":  # resolved now: the cell id names the backend that really runs it
+            object.__setattr__(self, "backend", choose_backend(self.quant))
 
     def identity(self, fingerprint: str) -> dict[str, Any]:
         """Everything the id hashes. Batch size is left out: it changes speed, not answers."""
@@ -50,7 +53,7 @@ class CellSpec:
             "limit": self.limit,
             "seed": self.seed,
             "backend": self.backend,
-            "backend_version": package_version("evalsuite" if self.backend == "evalsuite" else "lm_eval"),
+            "backend_version": package_version({"evalsuite": "evalsuite", "vllm": "vllm"}.get(self.backend, "lm_eval")),
             "lm_eval_version": package_version("lm_eval"),
             "chat_template": self.chat_template,
         }
