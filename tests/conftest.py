@@ -13,20 +13,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# the end-to-end run: the default backend (evalsuite), baseline and 4 bit, two items per smoke task
-E2E_ARGV = ["eval", "--bits", "16", "4", "--suite", "smoke", "--limit", "2", "--run", "e2e"]
-
-
-@pytest.fixture(scope="session")
-def e2e_run(tmp_path_factory):
-    """The run dir of ``E2E_ARGV`` on the real bundled model, made once per session (test_e2e, test_html_report)."""
-    from evalsuite.__main__ import main
-
-    results = tmp_path_factory.mktemp("results")
-    assert main([*E2E_ARGV, "--results-dir", str(results)]) == 0
-    return results / "e2e"
-
-
 @pytest.fixture(scope="session")
 def bundled_ref():
     from evalsuite.load.models import resolve
