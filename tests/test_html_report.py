@@ -81,3 +81,21 @@ def test_a_click_on_a_header_sorts_the_leaderboard_in_a_real_browser(tmp_path):
     averages = [float(row.findall("td")[column].get("data-sort")) for row in board_rows(doc)]
     before = [float(row.findall("td")[column].get("data-sort")) for row in board_rows(parse(run_dir / "report.html"))]
     assert averages == sorted(before) != before
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (.ci/run installs Debian's package)")
+def test_a_sort_query_parameter_sorts_like_a_header_click_in_a_real_browser(tmp_path):
+    """``?sort=-COLUMN`` (a link anyone can share) sorts descending, missing values last, before anyone clicks."""
+    run_dir = write_synthetic_run(tmp_path / "run")
+    report.export_all(run_dir)
+    url = (run_dir / "report.html").as_uri() + "?sort=-bits_per_weight"
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=2000",
+                          "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+    doc = html5lib.parse(dom, namespaceHTMLElements=False)
+    assert doc.find("body").get("data-ready") == "1"
+    header = doc.findall(".//table[@id='board']/thead/tr/th")
+    column = [th.get("data-col") for th in header].index("bits_per_weight")
+    assert header[column].get("aria-sort") == "descending"
+    shown = [float(row.findall("td")[column].get("data-sort")) for row in board_rows(doc)]
+    assert shown == sorted(shown, reverse=True) and len(set(shown)) > 1
+    assert [r.get("data-cell") for r in board_rows(doc)][:2] in (["tiny16", "tinyb16"], ["tinyb16", "tiny16"])
