@@ -131,26 +131,34 @@ def _run(cells, run_dir: Path, console: Console, retry_failed: bool = False) -> 
     refs = preflight(cells)  # raises on bad input: nothing below runs, nothing is written
     console.attach(run_dir / "log.txt")
     records = run_cells(cells, run_dir, refs, log=console.say, retry_failed=retry_failed)
-    _print_table(run_dir, console)
+    page = _print_table(run_dir, console)
     failed = failure_lines(records)
     if failed:
         console.say(f"\n{len(failed)} of {len(records)} cells failed:")
         for line in failed:
             console.say(f"  {line}")
-        return 1
-    return 0
+    console.show(f"report: {_shown(page)}")
+    return 1 if failed else 0
 
 
-def _print_table(run_dir: Path, console: Console) -> None:
+def _print_table(run_dir: Path, console: Console) -> Path:
+    """Rewrite the run's exports, print its table and what was written; return the path of its report.html."""
     from evalsuite import report
     from evalsuite.records import store
 
     records, problems = store.read_run(run_dir)
     for line in problems:
         console.say(f"warning: {line}")
-    paths = report.export_all(run_dir)  # leaderboard.csv, significance, flips, report.md/.tex, plots
+    paths = report.export_all(run_dir)  # leaderboard.csv, significance, flips, report.md/.tex/.html, plots
     console.show(report.format_table(report.summary(report.leaderboard(report.tidy(records)))))
     console.show(f"\nwrote {len(paths)} files to {run_dir}: {', '.join(p.name for p in paths)}")
+    return run_dir / "report.html"
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it (results/<RUN>/report.html)."""
+    path = path.resolve()
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
 def cmd_table(args: argparse.Namespace, console: Console) -> int:
@@ -160,7 +168,7 @@ def cmd_table(args: argparse.Namespace, console: Console) -> int:
     if not run_dir.is_dir():
         raise UsageError(f"no results for run {args.run!r} under {args.results_dir}; run `make eval RUN={args.run}` first")
     console.attach(run_dir / "log.txt")
-    _print_table(run_dir, console)
+    console.show(f"report: {_shown(_print_table(run_dir, console))}")
     return 0
 
 

@@ -28,6 +28,20 @@ def bundled(bundled_ref):
     return load(bundled_ref)
 
 
+E2E_ARGV = ["eval", "--bits", "16", "4", "--suite", "smoke", "--limit", "2", "--run", "e2e"]  # the default backend
+
+
+@pytest.fixture(scope="session")
+def e2e_run(tmp_path_factory):
+    """The e2e run dir: the real bundled model at 16 and 4 bit on the smoke suite, 2 items per task, through the
+    CLI; made once per session for test_e2e and test_html_report."""
+    from evalsuite.__main__ import main
+
+    results = tmp_path_factory.mktemp("results")
+    assert main([*E2E_ARGV, "--results-dir", str(results)]) == 0
+    return results / "e2e"
+
+
 @pytest.fixture
 def fresh_model(bundled):
     """A factory of private copies of the bundled model, for tests that quantize or edit one."""

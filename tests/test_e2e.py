@@ -5,31 +5,24 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import E2E_ARGV as ARGV
 
 from evalsuite.__main__ import main
 from evalsuite.records import store
 
 pytestmark = pytest.mark.slow
-ARGV = ["eval", "--bits", "16", "4", "--suite", "smoke", "--limit", "2", "--run", "e2e"]  # the default backend: evalsuite
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    results = tmp_path_factory.mktemp("results")
-    assert main([*ARGV, "--results-dir", str(results)]) == 0
-    return results / "e2e"
-
-
-def test_records_and_csv(run_dir):
-    records, problems = store.read_run(run_dir)
+def test_records_and_csv(e2e_run):
+    records, problems = store.read_run(e2e_run)
     assert problems == [] and len(records) == 2
     for rec in records:
         assert rec.status == "ok"
-        assert store.samples_path(run_dir, rec.cell_id).stat().st_size > 0
+        assert store.samples_path(e2e_run, rec.cell_id).stat().st_size > 0
         assert rec.model.fingerprint.startswith("sha256:")
         assert rec.tasks["gsm8k_cot_offline"].n_shot == 7
         assert rec.provenance["versions"]["lm_eval"]
-    csv = pd.read_csv(run_dir / "leaderboard.csv")
+    csv = pd.read_csv(e2e_run / "leaderboard.csv")
     assert list(csv.columns[:6]) == ["model", "method", "bits", "group_size", "bits_per_weight", "packed_bytes"]
     assert sorted(csv["bits"]) == [4, 16]
     assert "mmlu_offline_smoke:acc" in csv.columns and "gsm8k_cot_offline:exact_match[strict-match]" in csv.columns
@@ -41,14 +34,14 @@ def test_records_and_csv(run_dir):
     assert four["packed_bytes"] < csv[csv["bits"] == 16].iloc[0]["packed_bytes"] / 2
 
 
-def test_second_run_recomputes_nothing(run_dir, capsys):
-    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.glob("*.json")}
-    assert main([*ARGV, "--results-dir", str(run_dir.parent)]) == 0
+def test_second_run_recomputes_nothing(e2e_run, capsys):
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in e2e_run.glob("*.json")}
+    assert main([*ARGV, "--results-dir", str(e2e_run.parent)]) == 0
     assert capsys.readouterr().err.count("skipped") == 2
-    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.glob("*.json")} == before
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in e2e_run.glob("*.json")} == before
 
 
-def test_baseline_matches_stock_lm_eval_cli(run_dir, bundled_ref, tmp_path):
+def test_baseline_matches_stock_lm_eval_cli(e2e_run, bundled_ref, tmp_path):
     """Stock `lm_eval --model hf` on the same task YAML and checkpoint gives the same MMLU accuracy."""
     out = tmp_path / "stock"
     subprocess.run(
@@ -58,7 +51,7 @@ def test_baseline_matches_stock_lm_eval_cli(run_dir, bundled_ref, tmp_path):
         check=True, capture_output=True, text=True,
     )
     stock = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
-    ours = next(r for r in store.read_run(run_dir)[0] if r.spec.method == "none").results
+    ours = next(r for r in store.read_run(e2e_run)[0] if r.spec.method == "none").results
     for task in stock:
         assert ours[task]["acc,none"] == pytest.approx(stock[task]["acc,none"], abs=1e-12), task
 

@@ -113,7 +113,7 @@ def test_export_all_without_matplotlib_writes_the_tables(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     with pytest.warns(UserWarning, match="plots skipped"):
         paths = report.export_all(tmp_path)
-    assert [p.suffix for p in paths] == [".csv", ".csv", ".csv", ".md", ".tex"] and not list(tmp_path.glob("*.png"))
+    assert [p.suffix for p in paths] == [".csv", ".csv", ".csv", ".md", ".tex", ".html"] and not list(tmp_path.glob("*.png"))
 
 
 def test_score_plot_has_intervals_chance_line_sample_sizes_and_log_fidelity_axes(run_dir):

@@ -2,14 +2,21 @@
 per cell x task x metric); every other function shapes it (views), reads per-item values from the sample logs and
 pairs them with the baseline's (items), tests them (stats), or writes them out (tables, plots, export).
 
-May import: pandas, numpy, matplotlib (inside plots), evalsuite.records, evalsuite.spec.tasks (suites.yaml).
+May import: pandas, numpy, matplotlib (inside plots), jinja2 (inside html), evalsuite.records, evalsuite.spec.tasks (suites.yaml).
 """
 from evalsuite.report.compare import compare
 from evalsuite.report.export import export_all, png_bytes, write_csv
 from evalsuite.report.frame import CELL_COLUMNS, baseline_ids, load, normalize, tidy
 from evalsuite.report.items import item_frame, pair, paired_items
 from evalsuite.report.plots import fig_retention, fig_score_vs_bits, fig_score_vs_size
-from evalsuite.report.stats import ability_intervals, flips, mcnemar_exact, paired_bootstrap, significance
+from evalsuite.report.stats import (
+    ability_intervals,
+    flips,
+    mcnemar_exact,
+    paired_bootstrap,
+    score_intervals,
+    significance,
+)
 from evalsuite.report.tables import format_table, summary, tables, to_latex, to_markdown
 from evalsuite.report.views import (
     abilities,
@@ -30,6 +37,6 @@ __all__ = [
     "export_all",
     "failures", "fig_retention", "fig_score_vs_bits", "fig_score_vs_size", "flips", "format_table", "item_frame",
     "leaderboard", "load", "mcnemar_exact", "normalize", "pair", "paired_bootstrap", "paired_items", "perplexity",
-    "png_bytes", "retention_pivot", "scores", "significance", "summary", "tables", "task_order", "tidy",
+    "png_bytes", "retention_pivot", "score_intervals", "scores", "significance", "summary", "tables", "task_order", "tidy",
     "to_latex", "to_markdown", "with_baseline", "write_csv",
 ]

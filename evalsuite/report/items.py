@@ -16,9 +16,10 @@ from evalsuite.records import store
 from evalsuite.records.record import Record
 from evalsuite.report.frame import baseline_ids, family, number, task_info
 
-ITEM_COLUMNS = ["task", "subtask", "doc_id", "doc_hash", "target", "answer", "value"]
+ITEM_COLUMNS = ["task", "subtask", "doc_id", "doc_hash", "target", "answer", "value", "question", "response"]
 PAIR_FRAME = ["cell_id", "baseline_id", "model", "label", "family", "bits", "task", "subtask", "doc_id", "target",
-              "answer16", "answer", "value16", "value"]
+              "answer16", "answer", "value16", "value", "question", "response16", "response"]
+QUESTION_FIELDS = ("question", "input", "prompt", "problem", "text")  # where the datasets we run keep the question
 
 
 def leaf_to_top(rec: Record) -> dict[str, str]:
@@ -50,7 +51,8 @@ def item_values(run_dir: Path, rec: Record) -> pd.DataFrame:
                 continue
             rows.append({"task": top, "subtask": s["task"], "doc_id": s.get("doc_id"), "doc_hash": s.get("doc_hash"),
                          "target": str(s.get("target")), "answer": _answer(s.get("filtered_resps")),
-                         "value": float(value)})
+                         "value": float(value), "question": question_text(s.get("doc")),
+                         "response": _generation(s.get("resps"))})
     return pd.DataFrame(rows, columns=ITEM_COLUMNS)
 
 
@@ -61,6 +63,25 @@ def _answer(filtered_resps: Any) -> str:
     if resps and all(isinstance(r, list) and r and number(r[0]) is not None for r in resps):
         return str(int(np.argmax([r[0] for r in resps])))
     return str(resps[0]) if len(resps) == 1 else str(resps)
+
+
+def question_text(doc: Any) -> str | None:
+    """The question part of a logged item (its first question-like field), its options numbered as the multiple
+    choice answers are; None where the log has no doc (records written before docs were logged)."""
+    if not isinstance(doc, dict):
+        return None
+    text = next((str(doc[k]) for k in QUESTION_FIELDS if isinstance(doc.get(k), str)), None)
+    choices = doc.get("choices")
+    if isinstance(choices, list):
+        text = "\n".join([text or "", *(f"{i}. {c}" for i, c in enumerate(choices))]).strip()
+    return text
+
+
+def _generation(resps: Any) -> str | None:
+    """The full generated text of a generation item (lm-eval logs [[text]]); None for multiple choice."""
+    first = resps[0] if isinstance(resps, list) and resps else None
+    first = first[0] if isinstance(first, list) and first else first
+    return first if isinstance(first, str) else None
 
 
 def item_frame(run_dir: str | Path, records: list[Record]) -> pd.DataFrame:
@@ -79,8 +100,8 @@ def pair(items: pd.DataFrame, records: list[Record]) -> pd.DataFrame:
     for cid, base in baseline_ids(records).items():
         if cid == base:
             continue
-        base_values = per_cell.get(base, empty).drop(columns=["task", "target"]).rename(
-            columns={"answer": "answer16", "value": "value16"})
+        base_values = per_cell.get(base, empty).drop(columns=["task", "target", "question"]).rename(
+            columns={"answer": "answer16", "value": "value16", "response": "response16"})
         pairs = per_cell.get(cid, empty).merge(base_values, on=["subtask", "doc_id", "doc_hash"])
         spec = by_id[cid].spec
         frames.append(pairs.assign(cell_id=cid, baseline_id=base, model=spec.model, label=spec.label,

@@ -11,6 +11,7 @@ from evalsuite.report.frame import normalize, task_info
 from evalsuite.report.views import ability_order, task_order
 
 INTERVAL_COLUMNS = ["cell_id", "ability", "ci_low", "ci_high", "n"]
+SCORE_INTERVAL_COLUMNS = ["cell_id", "column", "ci_low", "ci_high", "n"]
 
 
 def mcnemar_exact(lost: int, gained: int) -> float:
@@ -65,27 +66,48 @@ def significance(items: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.D
                            ignore_index=True).drop(columns="_order")
 
 
-def flips(items: pd.DataFrame) -> pd.DataFrame:
-    """The items whose right/wrong verdict changed: ``lost`` (right for the baseline, wrong for the cell) or ``gained``."""
+def flips(items: pd.DataFrame, texts: bool = False) -> pd.DataFrame:
+    """The items whose right/wrong verdict changed: ``lost`` (right for the baseline, wrong for the cell) or
+    ``gained``. With ``texts``, also the item's question and both full generations (what report.html shows)."""
     binary = items["value16"].isin((0.0, 1.0)) & items["value"].isin((0.0, 1.0))
     changed = items[binary & (items["value16"] != items["value"])]
     changed = changed.assign(flip=np.where(changed["value16"] == 1.0, "lost", "gained"))
-    return changed[["model", "label", "bits", "task", "subtask", "doc_id", "flip", "target", "answer16", "answer"]] \
+    columns = ["model", "label", "bits", "task", "subtask", "doc_id", "flip", "target", "answer16", "answer"]
+    return changed[[*columns, *(["cell_id", "question", "response16", "response"] if texts else [])]] \
         .reset_index(drop=True)
 
 
-def ability_intervals(items: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """95% percentile interval of every cell's ability scores: each task's items resampled on their own (so every
-    replicate keeps the task sizes), normalized as the score is, averaged over the ability's tasks. ``n`` counts
-    the items behind the score. ``items`` is ``items.item_frame``."""
+def score_intervals(items: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """95% percentile interval of every cell's normalized scores, one row per leaderboard column it belongs to:
+    ``<task>:norm``, ``ability:<ability>`` and ``average``. Each task's items are resampled on their own (so every
+    replicate keeps the task sizes) and normalized as the score is; an ability's and the average's replicates are
+    the means of their tasks'. ``n`` counts the items behind the score. ``items`` is ``items.item_frame``."""
     info, rng, rows = task_info(), np.random.default_rng(seed), []
     for cid, cell in items.groupby("cell_id", sort=True):
-        scored = {t: g["value"].to_numpy(float) for t, g in cell.groupby("task", sort=True)
-                  if info.get(t, {}).get("chance") is not None and not info[t].get("lower_is_better")}
-        for ability in ability_order({info[t]["ability"] for t in scored}):
-            tasks = [t for t in scored if info[t]["ability"] == ability]
-            reps = np.mean([normalize(bootstrap_means(scored[t], n_boot, rng), info[t]["chance"]) for t in tasks], axis=0)
-            lo, hi = np.quantile(reps, [0.025, 0.975])
-            rows.append({"cell_id": cid, "ability": ability, "ci_low": float(lo), "ci_high": float(hi),
-                         "n": sum(len(scored[t]) for t in tasks)})
-    return pd.DataFrame(rows, columns=INTERVAL_COLUMNS)
+        reps, sizes = {}, {}
+        for task, g in cell.groupby("task", sort=True):
+            if info.get(task, {}).get("chance") is None or info[task].get("lower_is_better"):
+                continue
+            reps[task] = normalize(bootstrap_means(g["value"].to_numpy(float), n_boot, rng), info[task]["chance"])
+            sizes[task] = len(g)
+        groups = {f"{task}:norm": [task] for task in reps}
+        for ability in ability_order({info[t]["ability"] for t in reps}):
+            groups[f"ability:{ability}"] = [t for t in reps if info[t]["ability"] == ability]
+        if reps:
+            groups["average"] = list(reps)
+        for column, tasks in groups.items():
+            lo, hi = np.quantile(np.mean([reps[t] for t in tasks], axis=0), [0.025, 0.975])
+            rows.append({"cell_id": cid, "column": column, "ci_low": float(lo), "ci_high": float(hi),
+                         "n": sum(sizes[t] for t in tasks)})
+    return pd.DataFrame(rows, columns=SCORE_INTERVAL_COLUMNS)
+
+
+def ability_intervals(items: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """95% interval of every cell's ability scores (the plots' error bars); see ``score_intervals``."""
+    return ability_rows(score_intervals(items, n_boot, seed))
+
+
+def ability_rows(intervals: pd.DataFrame) -> pd.DataFrame:
+    """The ability rows of a ``score_intervals`` frame, with their ``ability``."""
+    rows = intervals[intervals["column"].str.startswith("ability:")]
+    return rows.assign(ability=rows["column"].str.removeprefix("ability:"))[INTERVAL_COLUMNS].reset_index(drop=True)

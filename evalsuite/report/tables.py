@@ -12,7 +12,7 @@ MB = 1e6
 def summary(board: pd.DataFrame) -> pd.DataFrame:
     """The leaderboard without the per-task columns: what fits on a page."""
     keep = [c for c in board.columns if ":" not in c or c.startswith("ability:")]
-    out = board[keep].drop(columns=["method", "group_size"])
+    out = board[keep].drop(columns=["method", "group_size", "cell_id"])
     out.insert(out.columns.get_loc("packed_bytes"), "size_MB", out.pop("packed_bytes") / MB)
     return out.rename(columns=lambda c: c.removeprefix("ability:"))
 

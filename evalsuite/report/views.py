@@ -123,11 +123,12 @@ def metric_column(task: str, metric: str, filt: str) -> str:
 def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
     """One row per ok cell, in the spirit of the Open LLM Leaderboard: identity and size, the overall average
     (mean normalized score over tasks), per-ability averages, held-out fidelity where present, then per task its
-    normalized score (``task:norm``) and every raw top-level metric (``task:metric[filter]``)."""
+    normalized score (``task:norm``) and every raw top-level metric (``task:metric[filter]``); last the ``cell_id``,
+    which joins a row to its record, significance rows and score intervals."""
     ok = df[df["status"] == "ok"]
     board = cells(ok)
     if board.empty:
-        return pd.DataFrame(columns=CELL_COLUMNS)
+        return pd.DataFrame(columns=[*CELL_COLUMNS, "cell_id"])
     board = board.rename(columns={"label": "precision"})
     s = scores(ok).dropna(subset=["normalized"])
     board = board.merge(s.groupby("cell_id")["normalized"].mean().rename("average"), on="cell_id", how="left")
@@ -152,5 +153,5 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
             board = board.merge(g.set_index("cell_id")["value"].rename(col), on="cell_id", how="left")
             task_cols.append(col)
     fidelity = [c for c in HELDOUT.values() if board[c].notna().any()]
-    columns = [*CELL_COLUMNS, "precision", "params", "average", *ability_cols, *fidelity, *task_cols]
+    columns = [*CELL_COLUMNS, "precision", "params", "average", *ability_cols, *fidelity, *task_cols, "cell_id"]
     return board[columns].reset_index(drop=True)

@@ -28,7 +28,8 @@ from evalsuite.spec.tasks import OFFLINE_DIR, known_task_names
 from quant import Footprint, NoQuant, quantize_
 from quant.gptq_format import checkpoint_footprint, dequantize_into
 
-SAMPLE_KEYS = ("doc_id", "target", "resps", "filtered_resps", "filter", "metrics", "doc_hash", "prompt_hash")
+# the doc (the item as the dataset has it) is what report.html shows as the question of a flipped item
+SAMPLE_KEYS = ("doc_id", "doc", "target", "resps", "filtered_resps", "filter", "metrics", "doc_hash", "prompt_hash")
 
 
 def cell_info(cell: CellSpec) -> CellInfo:
