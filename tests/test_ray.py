@@ -137,3 +137,31 @@ def test_a_cell_needing_more_gpus_than_the_cluster_has_is_refused_at_plan_time(t
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "need 4 GPUs" in done.stderr and "gpus for smollm2-135m" in done.stderr
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({**SWEEP, "executor": "slurm"}, "unknown executor 'slurm'"),
+    ({**SWEEP, "max_retries": 99}, "max_retries must be a whole number from 0 to 10"),
+    ({**SWEEP, "recovery": {"gsm8k_cot": 0.9}}, "recovery gate for 'gsm8k_cot', which this sweep does not evaluate"),
+    ({**SWEEP, "recovery": {"mmlu_offline_smoke": 0}}, "must be a ratio such as 0.97"),
+    ({**SWEEP, "models": [{"model": "smollm2-135m", "gpus": -1}]}, "gpus must be a whole number >= 0"),
+    ({**SWEEP, "models": [{"model": "smollm2-135m", "gpu": 1}]}, r"unknown key\(s\) gpu"),
+])
+def test_bad_executor_keys_raise_one_clear_line(doc, message):
+    from evalsuite.errors import UsageError
+    from evalsuite.spec import sweep
+
+    with pytest.raises(UsageError, match=message):
+        cells = sweep.cells(doc)
+        sweep.executor(doc, None)
+        sweep.recovery(doc, cells)
+
+
+def test_resources_stay_out_of_the_cell_id_and_reach_the_cells():
+    from evalsuite.spec import sweep
+    from evalsuite.spec.resources import Resources
+
+    plain = sweep.cells(SWEEP)
+    placed = sweep.cells({**SWEEP, "models": [{"model": "smollm2-135m", "gpus": 2, "cpus": 4}]})
+    assert [c.identity("x") for c in plain] == [c.identity("x") for c in placed]
+    assert {c.resources for c in placed} == {Resources(cpus=4, gpus=2)} and plain[0].resources.gpus_on(True) == 1
