@@ -87,7 +87,8 @@ class RayExecutor:
                     yield Started(index, last[index])
                 for task in done:
                     index, step = pending.pop(task)
-                    where = {**last.get(index, placement("ray")), "attempts": attempts[index]}
+                    seen = {k: v for k, v in last.get(index, placement("ray")).items() if k != "attempt"}
+                    where = {**seen, "attempts": attempts[index]}
                     try:
                         rec, samples = ray.get(task)
                     except ray.exceptions.RayError as e:  # the worker or node died more often than max_retries
