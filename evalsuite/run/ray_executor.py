@@ -23,6 +23,7 @@ from evalsuite.run.executors import Finished, Started, placement, run_step, with
 from evalsuite.spec.cell import CellSpec
 
 WAIT_S = 1.0  # how often the driver looks at started events between finished cells
+EVENT_LAG_S = 2.0  # how long a finished cell's start event may trail its result
 
 
 class ModelMismatch(RuntimeError):
@@ -44,7 +45,9 @@ def run_cell_task(index: int, cell: CellSpec, fingerprint: str, cid: str, identi
     configure(all_offline)
     torch.set_num_threads(max(1, int(cell.resources.cpus)))  # one thread per reserved CPU, never the whole node
     where = placement("ray", node_ip=ray.util.get_node_ip_address(), threads=torch.get_num_threads())
-    events.put((index, where))  # before any work: the driver counts attempts from these
+    # before any work: the driver counts attempts from these. Fire and forget: a task blocked in ray.get hands
+    # its CPU back to Ray, which would start another cell on it (seen: 3 cells running on 2 CPUs)
+    events.actor.put_nowait.remote((index, where))
     return run_step(cell, lambda: _node_ref(cell.model, fingerprint), cid, identity, where)
 
 
@@ -80,13 +83,14 @@ class RayExecutor:
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
-                while not events.empty():
-                    index, where = events.get_nowait()
-                    attempts[index] += 1
-                    last[index] = {**where, "attempt": attempts[index]}
-                    yield Started(index, last[index])
+                yield from self._started(events, attempts, last, {i for i, _ in pending.values()})
                 for task in done:
                     index, step = pending.pop(task)
+                    for _ in range(int(EVENT_LAG_S / 0.05)):  # its start event may still be on its way
+                        if attempts[index]:
+                            break
+                        time.sleep(0.05)
+                        yield from self._started(events, attempts, last, {index, *(i for i, _ in pending.values())})
                     seen = {k: v for k, v in last.get(index, placement("ray")).items() if k != "attempt"}
                     where = {**seen, "attempts": attempts[index]}
                     try:
@@ -99,6 +103,16 @@ class RayExecutor:
             for task in pending:
                 ray.cancel(task, force=True)
             ray.kill(events.actor)
+
+    @staticmethod
+    def _started(events: Queue, attempts: Counter, last: dict, live: set[int]) -> Iterator[Started]:
+        while not events.empty():
+            index, where = events.get_nowait()
+            if index not in live:  # a late event of a cell already finished
+                continue
+            attempts[index] += 1
+            last[index] = {**where, "attempt": attempts[index]}
+            yield Started(index, last[index])
 
     def close(self) -> None:
         ray.shutdown()
