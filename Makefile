@@ -11,6 +11,8 @@ BACKEND ?= auto
 ARGS    ?=
 CONFIG  ?= sweeps/local.yaml
 BOND    ?=
+EXECUTOR ?=
+ADDRESS ?=
 
 .PHONY: setup eval sweep table test ls
 setup: .venv/.installed
@@ -32,7 +34,8 @@ eval: setup
 		--run $(RUN) --backend $(BACKEND) $(if $(GROUP),--group-size $(GROUP)) $(if $(BOND),--bond-dim $(BOND)) $(ARGS)
 
 sweep: setup
-	$(PY) -m evalsuite sweep $(CONFIG) $(if $(LIMIT),--limit $(LIMIT)) $(if $(filter-out default,$(RUN)),--run $(RUN)) $(ARGS)
+	$(PY) -m evalsuite sweep $(CONFIG) $(if $(LIMIT),--limit $(LIMIT)) $(if $(filter-out default,$(RUN)),--run $(RUN)) \
+		$(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(ADDRESS),--address $(ADDRESS)) $(ARGS)
 
 table: setup
 	$(PY) -m evalsuite table --run $(RUN)

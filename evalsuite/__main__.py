@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", default=None, help="items per task (overrides the file)")
     s.add_argument("--dry-run", action="store_true", help="list the cells, their ids and which are done; run nothing")
     s.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed")
+    s.add_argument("--executor", choices=["in-process", "ray"], help="where cells run (default: the file's, else in-process)")
+    s.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start a local Ray instance)")
 
     t = sub.add_parser("table", parents=[common], help="print a run's comparison table and rewrite its exports")
     t.add_argument("--run", default="default")
@@ -117,28 +119,63 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     doc = sweep.load(args.config)
     cells = sweep.cells(doc, _limit(args.limit))
     run_dir = args.results_dir / sweep.run_name(doc, args.run, args.config)
+    executor, retries = sweep.executor(doc, args.executor)
+    gates = sweep.recovery(doc, cells)
+    if args.address and executor != "ray":
+        raise UsageError("--address names a Ray cluster; add --executor ray (or executor: ray in the sweep file)")
     if args.dry_run:
         for step in plan(cells, run_dir, preflight(cells)):
             console.show(f"{step.cell_id}  {step.state:7s}  {step.cell.describe()}")
         return 0
-    return _run(cells, run_dir, console, retry_failed=args.retry_failed)
+    return _run(cells, run_dir, console, retry_failed=args.retry_failed, executor=(executor, args.address, retries),
+                gates=gates)
 
 
-def _run(cells, run_dir: Path, console: Console, retry_failed: bool = False) -> int:
+def _executor(name: str, address: str | None, retries: int):
+    if name == "ray":
+        from evalsuite.run.ray_executor import RayExecutor
+
+        return RayExecutor(address, max_retries=retries)
+    from evalsuite.run.executors import InProcess
+
+    return InProcess()
+
+
+def _run(cells, run_dir: Path, console: Console, retry_failed: bool = False, executor=("in-process", None, 0),
+         gates: dict[str, float] | None = None) -> int:
     from evalsuite.run.cells import failure_lines, run_cells
-    from evalsuite.run.preflight import preflight
+    from evalsuite.run.preflight import check_resources, preflight
 
     refs = preflight(cells)  # raises on bad input: nothing below runs, nothing is written
-    console.attach(run_dir / "log.txt")
-    records = run_cells(cells, run_dir, refs, log=console.say, retry_failed=retry_failed)
+    runner = _executor(*executor)
+    try:
+        check_resources(cells, runner.nodes(), f"the {runner.name} executor ({executor[1] or 'this machine'})")
+        console.attach(run_dir / "log.txt")
+        records = run_cells(cells, run_dir, refs, log=console.say, retry_failed=retry_failed, executor=runner)
+    finally:
+        runner.close()
     page = _print_table(run_dir, console)
     failed = failure_lines(records)
     if failed:
         console.say(f"\n{len(failed)} of {len(records)} cells failed:")
         for line in failed:
             console.say(f"  {line}")
+    below = _gates(run_dir, gates or {})
+    if below:
+        console.say(f"\n{len(below)} cell x task results below their recovery gate:")
+        for line in below:
+            console.say(f"  {line}")
     console.show(f"report: {_shown(page)}")
-    return 1 if failed else 0
+    return 1 if failed or below else 0
+
+
+def _gates(run_dir: Path, gates: dict[str, float]) -> list[str]:
+    if not gates:
+        return []
+    from evalsuite import report
+    from evalsuite.report.gates import below_gates, gate_lines
+
+    return gate_lines(below_gates(report.load(run_dir), gates))
 
 
 def _print_table(run_dir: Path, console: Console) -> Path:
@@ -234,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         except (UsageError, QuantError) as e:
             console.say(f"evalsuite: error: {' '.join(str(e).split())}")
             return 2
+        except KeyboardInterrupt:
+            console.say("evalsuite: interrupted; finished cells are recorded, rerun the same command to resume")
+            return 130
 
 
 if __name__ == "__main__":

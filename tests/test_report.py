@@ -329,3 +329,16 @@ def test_compare_matches_cells_across_backends_and_lists_the_items_that_differ(t
     assert rows.loc["ifeval_offline", "same_answer"] == 1 and rows.loc["ifeval_offline", "same_verdict"] == 2 / 4
     assert sorted(zip(diffs["task"], diffs["doc_id"], diffs["answer_a"], diffs["answer_b"])) == [
         ("gsm8k_cot_offline", 2, "42", "7"), ("gsm8k_cot_offline", 3, "7", "42"), ("mmlu_offline", 2, "0", "1")]
+
+
+def test_recovery_gates_list_cells_below_their_ratio_never_baselines(run):
+    from evalsuite.report.gates import below_gates, gate_lines
+
+    _, df = run
+    below = below_gates(df, {"mmlu_offline": 0.8})
+    labels = set(zip(below["model"], below["label"]))
+    assert ("tiny-b", "4bit-gptq-g64") in labels  # 0.375 / 0.5 = 0.75 < 0.8
+    assert ("tiny", "4bit-rtn-g64") not in labels  # 0.625 / 0.75 = 0.83
+    assert not below["label"].str.startswith("16bit").any()
+    assert "tiny-b 4bit-gptq-g64 synthetic mmlu_offline: 0.750 < 0.8" in gate_lines(below)[list(below["model"]).index("tiny-b")]
+    assert below_gates(df, {"mmlu_offline": 0.7})["model"].tolist().count("tiny-b") == 0

