@@ -126,20 +126,17 @@ def test_rtn_export_gives_the_fake_quant_perplexity(cfg, bundled_ref, bundled, f
         assert ppl[engine_name] == pytest.approx(ppl["fake"], rel=5e-3), (engine_name, ppl)
 
 
-SMOKE = ["eval", "--suite", "smoke", "--limit", "2"]
-
-
-def test_cli_eval_on_vllm_equals_our_backend_at_16_bits(tmp_path):
-    """`evalsuite eval --backend vllm`: a record per cell in the usual schema, the 16-bit scores those of our
-    backend on the same items, the 4-bit cell served from its packed checkpoint with the engine recorded."""
+def test_cli_eval_on_vllm_equals_our_backend_at_16_bits(e2e_run, tmp_path):
+    """`evalsuite eval --backend vllm` on the shared e2e run's cells: a record per cell in the usual schema, the
+    16-bit scores those of our backend on the same items, the 4-bit cell served from its packed checkpoint (the
+    symmetric layout vLLM's CPU build runs) with the engine recorded."""
+    from conftest import E2E_ARGV
     from evalsuite.__main__ import main
     from evalsuite.records import store
 
-    assert main([*SMOKE, "--bits", "16", "4", "--sym", "--backend", "vllm", "--run", "v", "--results-dir", str(tmp_path)]) == 0
-    assert main([*SMOKE, "--bits", "16", "--backend", "evalsuite", "--run", "e", "--results-dir", str(tmp_path)]) == 0
-    (ours,), _ = store.read_run(tmp_path / "e")
-    assert ours.spec.method == "none"
-    served, problems = store.read_run(tmp_path / "v")
+    assert main([*E2E_ARGV, "--sym", "--backend", "vllm", "--results-dir", str(tmp_path)]) == 0
+    ours = next(r for r in store.read_run(e2e_run)[0] if r.spec.method == "none")
+    served, problems = store.read_run(tmp_path / "e2e")
     assert problems == [] and len(served) == 2 and all(r.status == "ok" for r in served)
     base = next(r for r in served if r.spec.method == "none")
     four = next(r for r in served if r.spec.method == "rtn")

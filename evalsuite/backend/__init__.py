@@ -10,7 +10,8 @@ from __future__ import annotations
 
 def choose_backend(config) -> str:
     """``auto``: vLLM where it is installed, the device is CUDA and it can serve ``config``; ours otherwise. On CPU
-    ours stays the choice: benchmarks/bench_backend.py measured vLLM's CPU build slower than it there (README)."""
+    ours stays the choice: vLLM's CPU build serves only 16-bit and symmetric 4-bit GPTQ cells, so a sweep would mix
+    engines across its rows (README: the measured speeds of both)."""
     import torch
 
     from evalsuite.backend import vllm
