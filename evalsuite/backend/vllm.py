@@ -59,10 +59,14 @@ def refusal(config: QuantConfig, cuda: bool) -> str | None:
 
 def engine_args(path: str, quantized: bool, seed: int, cuda: bool, max_len: int) -> dict[str, Any]:
     """lm-eval VLLM kwargs. fp32 on CPU (bf16 is far slower there) except for GPTQ kernels, which take fp16 only."""
+    import torch
+
     dtype = "float16" if quantized or cuda else "float32"
     return {"pretrained": path, "dtype": dtype, "enable_prefix_caching": True, "seed": seed,
             "max_model_len": min(max_len, MAX_MODEL_LEN), "enforce_eager": not cuda,  # CPU: compiling costs minutes
-            "gpu_memory_utilization": 0.85, "batch_size": "auto"}
+            "gpu_memory_utilization": 0.85, "batch_size": "auto",
+            # every GPU this process sees (a Ray cell with gpus: N sees N): the model split across them
+            "tensor_parallel_size": max(1, torch.cuda.device_count()) if cuda else 1}
 
 
 def make_vllm_lm(path: str, quantized: bool, seed: int, max_len: int):
