@@ -122,9 +122,9 @@ QUESTIONS = [
     "Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
     "Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys does he have now?",
 ]
-# Stock HFLM's own results on the 2-bit model move by up to 6e-4 between batch sizes 4 and 1 (its hidden
-# states reach 1e3), so 1e-4 is asked of fp32 only.
-LOGLIK_TOL = {"fp32": 1e-4, "rtn2": 1e-3}
+# Stock HFLM's own results on the 2-bit model move between batch sizes 4 and 1 (its hidden states reach 1e3): by
+# up to 1.7e-3 on transformers 5.19 (6e-4 on 5.24), on loglikelihoods near -78; so 1e-4 is asked of fp32 only.
+LOGLIK_TOL = {"fp32": 1e-4, "rtn2": 5e-3}
 
 
 def instance(kind: str, args: tuple, i: int, task: str = "t"):
