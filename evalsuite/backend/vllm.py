@@ -138,5 +138,4 @@ def close(lm) -> None:
     shutdown = getattr(engine, "shutdown", None)
     if callable(shutdown):
         shutdown()
-    del lm
     gc.collect()
