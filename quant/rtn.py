@@ -46,15 +46,16 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torc
     return scale * (q - zero)
 
 
-def check_group_size(in_features: int, group_size: int, name: str = "layer") -> None:
+def check_group_size(size: int, group_size: int, name: str = "layer", dim: str = "in_features") -> None:
+    """Groups run along ``dim`` (input columns: one group per row at -1; HQQ's axis 0 groups output rows instead)."""
     if group_size == -1:
         return
-    if group_size < 1 or in_features % group_size:
-        divisors = [g for g in (256, 128, 64, 32, 16) if in_features % g == 0][:2]
+    if group_size < 1 or size % group_size:
+        divisors = [g for g in (256, 128, 64, 32, 16) if size % g == 0][:2]
         hint = " or ".join(str(g) for g in divisors) or "-1"
         raise QuantError(
-            f"group size {group_size} does not divide in_features={in_features} of {name}; "
-            f"use --group-size {hint} (or -1 for one group per row)"
+            f"group size {group_size} does not divide {dim}={size} of {name}; "
+            f"use --group-size {hint} (or -1 for one group per {'row' if dim == 'in_features' else 'column'})"
         )
 
 
