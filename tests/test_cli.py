@@ -28,6 +28,11 @@ BAD = [
     (["--bits", "4", "--method", "gptq", "--calib-source", "c4"], "reads C4 from the Hugging Face hub"),
     (["--bits", "4", "--method", "mpo"], "exactly one of --bond-dim, --rel-error, --mpo-ratio"),
     (["--bits", "4", "--method", "bnb", "--bnb-type", "fp4", "--sym"], "method bnb takes no --sym"),
+    (["--bits", "5", "--method", "hqq"], "HQQ bits must be one of 8, 4, 3, 2, 1"),
+    (["--bits", "4", "--method", "hqq", "--group-size", "12"], "multiple of 8"),
+    (["--bits", "4", "--method", "hqq", "--group-size", "128"], "group size 128 does not divide in_features=576"),
+    (["--bits", "3", "--method", "hqq", "--group-size", "128"], "group size 128 does not divide out_features=576"),
+    (["--bits", "4", "--method", "hqq", "--hqq-axis", "2"], "--hqq-axis: invalid choice: 2"),
     # what vLLM cannot serve, refused before anything loads, naming the way out
     (["--backend", "vllm", "--method", "mpo", "--bond-dim", "8"], "no packed checkpoint format vLLM runs"),
     (["--backend", "vllm", "--bits", "4", "--keep-outliers", "8"], "no packed checkpoint format vLLM runs"),
@@ -36,6 +41,7 @@ BAD = [
     (["--backend", "vllm", "--bits", "3", "--sym"], "serves 4-bit GPTQ only"),
     (["--backend", "vllm", "--bits", "4", "--method", "gptq", "--gptq-impl", "gptqmodel", "--sym"], "act-order"),
     (["--backend", "vllm", "--bits", "4", "--method", "bnb"], "no bitsandbytes kernels"),
+    (["--backend", "vllm", "--bits", "4", "--method", "hqq"], "vLLM 0.32 has no HQQ kernels"),
 ]
 
 

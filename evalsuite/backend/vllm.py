@@ -6,7 +6,7 @@ so its record carries the same meter fields as our backend's where vLLM exposes 
 What vLLM can serve is decided here too (``refusal``), from the quant config alone, so preflight refuses a cell
 before anything loads. The rules are vLLM 0.32's, CPU build measured on this project's machine, CUDA from its
 documentation: a GPTQ-format checkpoint (RTN exports one, GPTQModel writes one) with symmetric groups and no
-act-order; no bitsandbytes or GGUF on the CPU build; nothing for layouts no kernel runs (MPO, kept layers).
+act-order; no bitsandbytes or GGUF on the CPU build; no HQQ; nothing for layouts no kernel runs (MPO, kept layers).
 """
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def refusal(config: QuantConfig, cuda: bool) -> str | None:
             return f"{label}: vLLM's CPU build has no bitsandbytes kernels; {way_out}"
         # vLLM quantizes nf4 in flight on CUDA, but this path has never run on a GPU here: refuse, not guess
         return f"{label}: bitsandbytes under vLLM is not wired (untested without a GPU); {way_out}"
+    if config.method == "hqq":  # vLLM 0.32 lists no hqq among its quantization methods, on CPU or CUDA
+        return f"{label}: vLLM 0.32 has no HQQ kernels or checkpoint loader, and HQQ here runs in this process only; {way_out}"
     fmt = config.packed_format()
     if fmt is None:
         return (f"{label}: no packed checkpoint format vLLM runs holds this layout (MPO, --keep, --keep-outliers and "
