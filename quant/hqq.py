@@ -119,5 +119,4 @@ def hqq_(model: nn.Module, config: HQQConfig, **_: object) -> Footprint:
         fp.linear_params += lin.weight.numel()
         fp.linear_bits += bits
     fp.extra["quantized_linears"] = len(linears)
-    fp.extra["hqq_axis"] = config.hqq_axis
     return fp
