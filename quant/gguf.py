@@ -159,7 +159,7 @@ def write_gguf(model: nn.Module, path: Path, gguf_type: str | None = None) -> No
         if w.dim() == 1:
             writer.add_tensor(name, data)
         elif qtype is not None:
-            writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_shape=data.shape, raw_dtype=qtype)
+            writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(name, data.astype(np.float16) if half else data)
     writer.write_header_to_file()
