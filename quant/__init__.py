@@ -192,5 +192,5 @@ def quantize_(model: nn.Module, config: QuantConfig, **ctx: Any) -> Footprint:
 
 def _load_builtin() -> None:
     # An explicit import list is the whole registry: each module registers its configs on import.
-    # None of them imports a heavy backend (bitsandbytes, gptqmodel, hqq) at module level.
-    from quant import baseline, bnb, gptq, hqq, mpo, rtn  # noqa: F401
+    # None of them imports a heavy backend (bitsandbytes, gptqmodel, hqq, llama.cpp) at module level.
+    from quant import baseline, bnb, gguf, gptq, hqq, mpo, rtn  # noqa: F401

@@ -37,6 +37,8 @@ def refusal(config: QuantConfig, cuda: bool) -> str | None:
     if isinstance(config, NoQuant):
         return None
     label, way_out = config.label(), "use --backend evalsuite"
+    if config.method == "gguf":  # vLLM's GGUF loader is experimental and has never run here
+        return f"{label}: GGUF files under vLLM are not wired (the cell dequantizes the file into the model); {way_out}"
     if config.method == "bnb":
         if not cuda:
             return f"{label}: vLLM's CPU build has no bitsandbytes kernels; {way_out}"
