@@ -112,12 +112,14 @@ class Footprint:
     """Storage accounting of one compressed model, as it would be stored packed.
 
     ``linear_bits`` counts every bit of the compressed linears (codes, scales, zeros, kept channels);
-    ``other_params`` are the parameters left uncompressed (embeddings, norms, lm_head), stored at 16 bit.
+    ``other_params`` are the parameters left uncompressed (embeddings, norms, lm_head), stored at 16 bit unless
+    ``other_bits`` says otherwise (a GGUF file quantizes its embedding too).
     """
 
     linear_params: int = 0
     linear_bits: int = 0
     other_params: int = 0
+    other_bits: int | None = None
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -127,7 +129,8 @@ class Footprint:
 
     @property
     def packed_bytes(self) -> int:
-        return (self.linear_bits + 16 * self.other_params + 7) // 8
+        other = 16 * self.other_params if self.other_bits is None else self.other_bits
+        return (self.linear_bits + other + 7) // 8
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -21,10 +21,10 @@ Llama-architecture models only: the q/k rows are stored in llama.cpp's rope orde
 """
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar, Iterator
 
@@ -44,8 +44,15 @@ TYPE_HELP = ("llama.cpp type; default per --bits: " + ", ".join(f"{b} {t}" for b
              + f"; {', '.join(PURE)} by gguf-py, the k-quant mixes need llama-cpp-python")
 
 
+@lru_cache(maxsize=1)
 def llama_cpp_available() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
+    """Whether llama.cpp's bindings import (not merely whether the package is present: a wheel installed without
+    its dependencies is found yet fails at import, which must be caught in preflight, not after a model loads)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception:  # ImportError, or OSError from a shared library that does not load
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -211,13 +218,14 @@ def file_footprint(path: Path, model: nn.Module) -> Footprint:
     tensors = {t.name: t for t in GGUFReader(path).tensors}
     names = gguf_names(model)
     linears = {names[f"{n}.weight"] for n in find_linears(model)}
-    fp = Footprint()
+    fp = Footprint(other_bits=0)
     for name, t in tensors.items():
         if name in linears:
             fp.linear_params += int(t.n_elements)
             fp.linear_bits += 8 * int(t.n_bytes)
         else:
             fp.other_params += int(t.n_elements)
+            fp.other_bits += 8 * int(t.n_bytes)  # the embedding as the file stores it (Q8_0 in the k-quant mixes)
     total = sum(int(t.n_elements) for t in tensors.values())
     fp.extra.update(
         quantized_linears=len(linears),

@@ -50,6 +50,8 @@ def test_q8_0_perplexity_and_bits_from_the_file(fresh_model, probe, ppl16, tmp_p
     assert fp.extra["file_bits_per_weight"] == round(8 * sum(int(t.n_bytes) for t in tensors.values())
                                                      / sum(int(t.n_elements) for t in tensors.values()), 4)
     assert fp.extra["embedding_type"] == "Q8_0"
+    # the packed size is the file's tensor bytes: its Q8_0 embedding is not counted at 16 bit
+    assert fp.packed_bytes == sum(int(t.n_bytes) for t in tensors.values()) == fp.extra["file_tensor_bytes"]
 
 
 @needs_llama_cpp
