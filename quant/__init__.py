@@ -193,4 +193,4 @@ def quantize_(model: nn.Module, config: QuantConfig, **ctx: Any) -> Footprint:
 def _load_builtin() -> None:
     # An explicit import list is the whole registry: each module registers its configs on import.
     # None of them imports a heavy backend (bitsandbytes, gptqmodel) at module level.
-    from quant import baseline, bnb, gptq, mpo, rtn  # noqa: F401
+    from quant import awq, baseline, bnb, gptq, mpo, rtn  # noqa: F401
