@@ -26,6 +26,11 @@ BAD = [
     (["--bits", "4", "--method", "gptq", "--keep-outliers", "576"], "must be below the input width 576"),
     (["--bits", "4", "--method", "gptq", "--gptq-impl", "auto-gptq"], "auto-gptq cannot run here"),
     (["--bits", "4", "--method", "gptq", "--calib-source", "c4"], "reads C4 from the Hugging Face hub"),
+    (["--bits", "8", "--method", "awq"], "AWQ bits must be one of 2, 3, 4"),
+    (["--bits", "4", "--method", "awq", "--group-size", "128"], "group size 128 does not divide"),
+    (["--bits", "4", "--method", "awq", "--n-grid", "1"], "--n-grid must be 2 or more"),
+    (["--bits", "4", "--method", "awq", "--calib-seqlen", "1000000"], "fewer than one sequence of 1000000"),
+    (["--backend", "vllm", "--bits", "4", "--method", "awq"], "MPO, AWQ, --keep"),
     (["--bits", "4", "--method", "mpo"], "exactly one of --bond-dim, --rel-error, --mpo-ratio"),
     (["--bits", "4", "--method", "bnb", "--bnb-type", "fp4", "--sym"], "method bnb takes no --sym"),
     # what vLLM cannot serve, refused before anything loads, naming the way out
