@@ -120,8 +120,10 @@ def test_folded_scales_keep_the_unquantized_model_exact(bundled, fresh_model, bl
     ids = heldout_ids(tok, 256)[None]
     with torch.no_grad():
         before = model(ids).logits
-        every = {id(m) for m in block0[0].modules() if isinstance(m, torch.nn.Linear)}
-        layouts = [lay for lay in _layouts(copy.deepcopy(block0[0]), every, block0[1]) if lay.prev]
+        first = copy.deepcopy(block0[0])
+        every = {id(m) for m in first.modules() if isinstance(m, torch.nn.Linear)}
+        layouts = [lay for lay in _layouts(first, every, block0[1]) if lay.prev]
+        assert len(layouts) == 3
         g = torch.Generator().manual_seed(0)
         for block in model.model.layers:
             for lay in layouts:
