@@ -6,7 +6,7 @@ accounting, and the registry. Imports torch and each method's own library (insid
 
 A method is applied one of three ways, which its config says through the hooks of ``QuantConfig``:
 
-* post-load (RTN, native GPTQ, MPO): ``quantize_(model, RTNConfig(bits=4))`` mutates the model in place;
+* post-load (RTN, native GPTQ, AWQ, MPO): ``quantize_(model, RTNConfig(bits=4))`` mutates the model in place;
 * load kwargs (bitsandbytes): ``config.load_kwargs()`` goes to ``from_pretrained``;
 * packed checkpoint (GPTQModel): ``config.build_checkpoint(src, out, ...)`` writes a packed checkpoint once, which
   the loader then loads; the caller owns where it lives and its cache. Post-load methods with a packed format

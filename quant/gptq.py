@@ -9,8 +9,8 @@ One object may hold several linears that read the same input (q/k/v; gate/up): G
 independently given the Hessian, so stacking their rows gives the same result as one object each, for
 the cost of one pass over the columns.
 
-``gptq_`` is the true-sequential driver: decoder blocks one at a time, each fed the outputs of the blocks
-before it, already quantized; inside a block, each set of linears sharing an input is quantized in the
+``gptq_`` is the true-sequential driver (block machinery in quant.blocks, shared with AWQ): decoder blocks one
+at a time, each fed the outputs of the blocks before it, already quantized; inside a block, each set of linears sharing an input is quantized in the
 order the forward pass reaches it, so o_proj sees the quantized q/k/v's output, and so on.
 """
 from __future__ import annotations
