@@ -10,8 +10,9 @@ independently given the Hessian, so stacking their rows gives the same result as
 the cost of one pass over the columns.
 
 ``gptq_`` is the true-sequential driver (block machinery in quant.blocks, shared with AWQ): decoder blocks one
-at a time, each fed the outputs of the blocks before it, already quantized; inside a block, each set of linears sharing an input is quantized in the
-order the forward pass reaches it, so o_proj sees the quantized q/k/v's output, and so on.
+at a time, each fed the outputs of the blocks before it, already quantized; inside a block, each set of linears
+sharing an input is quantized in the order the forward pass reaches it, so o_proj sees the quantized q/k/v's
+output, and so on.
 """
 from __future__ import annotations
 
