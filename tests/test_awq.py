@@ -78,7 +78,7 @@ def _w_mean(group):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,bits", [("mlp.down_proj", 4), ("self_attn.v_proj", 3)])
+@pytest.mark.parametrize("name,bits", [("self_attn.o_proj", 4), ("self_attn.v_proj", 3)])
 def test_clip_search_matches_autoawq(block0, name, bits):
     """The clip range per (row, group) equals the reference's for >= 99% of groups (the rest are near-ties that
     float summation order decides), and the clipped-and-quantized output MSE is within 0.1% of the reference's."""
@@ -141,14 +141,14 @@ def test_folded_scales_keep_the_unquantized_model_exact(bundled, fresh_model, bl
 @pytest.mark.slow
 @pytest.mark.parametrize("bits", [4, 3])
 def test_model_awq_beats_rtn(bundled, fresh_model, bits):
-    """Held-out perplexity, group 64 asym, on 4 x 128 calibration tokens and a 10-point grid (the searches cost a
+    """Held-out perplexity, group 64 asym, on 2 x 128 calibration tokens and a 10-point grid (the searches cost a
     forward of each attention and MLP per grid point; the default 20 on 8 x 256 is measured in the README).
     Storage as RTN's: codes, an fp16 scale and a b-bit zero per 64 weights."""
     from evalsuite.run.heldout import heldout_ids, perplexity
     from quant.calib import calibration_ids
 
     tok = bundled[1]
-    calib, held = calibration_ids(tok, 4, 128, seed=0), heldout_ids(tok, 512)
+    calib, held = calibration_ids(tok, 2, 128, seed=0), heldout_ids(tok, 512)
     ppl, fps = {}, {}
     for cfg in (RTNConfig(bits=bits, group_size=64), AWQConfig(bits=bits, group_size=64, n_grid=10)):
         model = fresh_model()
