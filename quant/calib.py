@@ -17,6 +17,11 @@ from quant import QuantError
 
 HELDOUT_FRAC = 0.1
 SOURCES = ("pydoc", "c4")
+# help of the calibration options every calibrated config declares (GPTQ, AWQ): one text per CLI flag
+CALIB_N_HELP = "calibration sequences"
+CALIB_SEQLEN_HELP = "calibration sequence length in tokens"
+CALIB_SEED_HELP = "seed of the calibration windows"
+CALIB_SOURCE_HELP = "pydoc (offline) or c4 (the GPTQ paper's; needs the hub)"
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ One object may hold several linears that read the same input (q/k/v; gate/up): G
 independently given the Hessian, so stacking their rows gives the same result as one object each, for
 the cost of one pass over the columns.
 
-``gptq_`` is the true-sequential driver: decoder blocks one at a time, each fed the outputs of the blocks
-before it, already quantized; inside a block, each set of linears sharing an input is quantized in the
-order the forward pass reaches it, so o_proj sees the quantized q/k/v's output, and so on.
+``gptq_`` is the true-sequential driver (block machinery in quant.blocks, shared with AWQ): decoder blocks one
+at a time, each fed the outputs of the blocks before it, already quantized; inside a block, each set of linears
+sharing an input is quantized in the order the forward pass reaches it, so o_proj sees the quantized q/k/v's
+output, and so on.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ import torch
 import torch.nn as nn
 
 from quant import Footprint, QuantConfig, QuantError, option, register
-from quant.calib import SOURCES, Calibration
+from quant.blocks import Stop, block_inputs, decoder_blocks, hidden_of, input_groups
+from quant.calib import CALIB_N_HELP, CALIB_SEED_HELP, CALIB_SEQLEN_HELP, CALIB_SOURCE_HELP, SOURCES, Calibration
 from quant.linears import KEEP_HELP, plan
-from quant.outliers import FORWARD_BATCH, top_channels
+from quant.outliers import top_channels
 from quant.rtn import GROUP_HELP, OUTLIERS_HELP, SYM_HELP, check_group_size, dequantize, grid_params, quantize, storage_bits
 
 GPTQ_BITS = (2, 3, 4, 8)
@@ -174,82 +176,20 @@ def _inverse_hessian_factor(H: torch.Tensor, percdamp: float) -> torch.Tensor:
 
 # ---- the true-sequential driver ------------------------------------------------------------------------
 
-class _Stop(Exception):
-    """Raised from a hook to end a forward pass once it has produced what we need."""
-
-
-def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The stack of decoder blocks: the ModuleList holding most parameters (no architecture names)."""
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-    if not lists:
-        raise QuantError(f"GPTQ found no stack of decoder blocks (nn.ModuleList) in {type(model).__name__}; use --method rtn")
-    return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
-
-
-@torch.no_grad()
-def block_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor) -> list[tuple[torch.Tensor, dict[str, Any]]]:
-    """(hidden states, keyword arguments) that the model passes to its first block, per calibration batch."""
-    captured: list[tuple[torch.Tensor, dict[str, Any]]] = []
-
-    def grab(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        kwargs = dict(kwargs)
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append((hidden, kwargs))
-        raise _Stop
-
-    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
-    device = next(model.parameters()).device
-    try:
-        for batch in ids.split(FORWARD_BATCH):
-            try:
-                model(batch.to(device), use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return captured
-
-
-def _hidden(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-@torch.no_grad()
-def input_groups(block: nn.Module, linears: list[nn.Linear], sample: tuple[torch.Tensor, dict]) -> list[list[nn.Linear]]:
-    """``linears`` grouped by the input tensor they read, in the order the block's forward reaches them."""
-    seen: dict[int, list[nn.Linear]] = {}
-    inputs: list[torch.Tensor] = []  # held so that tensor ids stay unique during the pass
-
-    def record(lin: nn.Linear):
-        def hook(_module: nn.Module, args: tuple) -> None:
-            inputs.append(args[0])
-            seen.setdefault(id(args[0]), []).append(lin)
-
-        return hook
-
-    handles = [lin.register_forward_pre_hook(record(lin)) for lin in linears]
-    try:
-        block(sample[0], **sample[1])
-    finally:
-        for h in handles:
-            h.remove()
-    return list(seen.values())
-
-
 @torch.no_grad()
 def accumulate(block: nn.Module, gptq: GPTQ, inps: list[tuple[torch.Tensor, dict]]) -> None:
     """Run the calibration batches through ``block`` up to the group's shared input, feeding the Hessian."""
 
     def hook(_module: nn.Module, args: tuple) -> None:
         gptq.add_batch(args[0])
-        raise _Stop
+        raise Stop
 
     handle = gptq.linears[0].register_forward_pre_hook(hook)
     try:
         for hidden, kwargs in inps:
             try:
                 block(hidden, **kwargs)
-            except _Stop:
+            except Stop:
                 pass
     finally:
         handle.remove()
@@ -259,11 +199,8 @@ def accumulate(block: nn.Module, gptq: GPTQ, inps: list[tuple[torch.Tensor, dict
 def quantize_sequential(model: nn.Module, linears: dict[str, nn.Linear], ids: torch.Tensor,
                         config: "GPTQConfig") -> dict[str, int]:
     """GPTQ every linear in ``linears`` block by block; returns the number of kept channels per linear."""
-    blocks = decoder_blocks(model)
+    blocks = decoder_blocks(model, linears, "GPTQ")
     names = {id(lin): name for name, lin in linears.items()}
-    outside = set(linears) - {names[id(m)] for m in blocks.modules() if id(m) in names}
-    if outside:
-        raise QuantError(f"GPTQ quantizes linears inside decoder blocks only; add --keep {sorted(outside)[0]!r}")
     kept: dict[str, int] = {}
     layouts: dict[tuple, list[list[str]]] = {}  # blocks of one structure share one grouping: find it once
     inps = block_inputs(model, blocks[0], ids)
@@ -281,7 +218,7 @@ def quantize_sequential(model: nn.Module, linears: dict[str, nn.Linear], ids: to
                              config.static_groups, keep)
             for lin in gptq.linears:
                 kept[names[id(lin)]] = 0 if keep is None else keep.numel()
-        inps = [(_hidden(block(hidden, **kwargs)), kwargs) for hidden, kwargs in inps]
+        inps = [(hidden_of(block(hidden, **kwargs)), kwargs) for hidden, kwargs in inps]
     return kept
 
 
@@ -299,10 +236,10 @@ class GPTQConfig(QuantConfig):
     static_groups: bool = option(False, "act-order with group parameters fixed before any update")
     damp: float = option(0.01, "Hessian dampening, a fraction of its mean diagonal")
     blocksize: int = option(128, "columns per lazy batch update")
-    calib_n: int = option(128, "calibration sequences")
-    calib_seqlen: int = option(2048, "calibration sequence length in tokens")
-    calib_seed: int = option(0, "seed of the calibration windows")
-    calib_source: str = option("pydoc", "pydoc (offline) or c4 (the paper's; needs the hub)", choices=SOURCES)
+    calib_n: int = option(128, CALIB_N_HELP)
+    calib_seqlen: int = option(2048, CALIB_SEQLEN_HELP)
+    calib_seed: int = option(0, CALIB_SEED_HELP)
+    calib_source: str = option("pydoc", CALIB_SOURCE_HELP, choices=SOURCES)
     keep: tuple[str, ...] = option((), KEEP_HELP)
     keep_outliers: int = option(0, OUTLIERS_HELP)
     gptq_impl: str = option("native", "native (ours, in place) or gptqmodel (a packed checkpoint on its kernels); "

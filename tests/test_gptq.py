@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 from quant import QuantError, quantize_
-from quant.gptq import GPTQ, GPTQConfig, decoder_blocks
+from quant.blocks import decoder_blocks
+from quant.gptq import GPTQ, GPTQConfig
 from quant.rtn import RTNConfig, fake_quantize, grid_params
 
 
@@ -266,7 +267,7 @@ def test_native_gptq_within_2pct_of_gptqmodel_through_four_blocks(four_blocks, t
 @pytest.mark.slow
 def test_decoder_blocks_found_without_architecture_names(smollm):
     _, (model, _) = smollm
-    assert decoder_blocks(model) is model.model.layers
+    assert decoder_blocks(model, {}, "GPTQ") is model.model.layers
 
 
 @pytest.mark.gpu

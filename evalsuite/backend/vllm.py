@@ -48,8 +48,8 @@ def refusal(config: QuantConfig, cuda: bool) -> str | None:
         return f"{label}: vLLM 0.32 has no HQQ kernels or checkpoint loader, and HQQ here runs in this process only; {way_out}"
     fmt = config.packed_format()
     if fmt is None:
-        return (f"{label}: no packed checkpoint format vLLM runs holds this layout (MPO, --keep, --keep-outliers and "
-                f"native GPTQ have none; GPTQ through --gptq-impl gptqmodel does); {way_out}")
+        return (f"{label}: no packed checkpoint format vLLM runs holds this layout (MPO, AWQ, --keep, --keep-outliers "
+                f"and native GPTQ have none; GPTQ through --gptq-impl gptqmodel does); {way_out}")
     if not fmt["sym"]:
         return (f"{label}: vLLM reads GPTQ v1 checkpoints, whose zero points cannot be 0 (they store zero - 1), so "
                 f"asymmetric groups with their minimum near 0 dequantize wrongly (vllm #26343 at 2-3 bits), and its "
