@@ -1,28 +1,64 @@
 """Training windows for the fine-tune stage, and their hash for the record.
 
-Offline the text is the calibration part of ``quant.calib``'s pydoc corpus, which by construction never overlaps
-the held-out text that fidelity is measured on, nor (tests/test_finetune.py checks it by 13-grams) any bundled
-task item. A local text file or a hub dataset (Alpaca-style ``instruction``/``input``/``output`` rows, or ``text``)
-can replace it.
+Offline the text is the calibration part of ``quant.calib``'s pydoc corpus without every paragraph that shares a
+13-gram of words with the held-out text or with any bundled task item: pydoc's topics repeat each other (the
+``compound`` topic holds the ``while`` topic's text), so the split alone leaves 544 shared 13-grams with the held-out
+part, which calibration tolerates but training could memorize. A local text file or a hub dataset (Alpaca-style
+``instruction``/``input``/``output`` rows, or ``text``) can replace it; those are used as given.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import re
+from functools import lru_cache
 
 import torch
 
 from evalsuite.errors import UsageError
 from evalsuite.spec.finetune import FinetuneSpec
-from quant.calib import split_text, token_ids
+from evalsuite.spec.tasks import OFFLINE_DIR
+from quant.calib import heldout_text, split_text, token_ids
 
 ALPACA_FIELDS = ("instruction", "input", "output")
+NGRAM = 13  # the contamination unit of GPT-3's and the Llama papers' overlap checks
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def ngrams(text: str | list[str], n: int = NGRAM) -> set[tuple[str, ...]]:
+    w = words(text) if isinstance(text, str) else text
+    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
+
+
+def evaluation_texts() -> list[str]:
+    """Everything an evaluation reads: the held-out text and every bundled task item (all fields of each row)."""
+    items = [" ".join(map(str, json.loads(line).values()))
+             for path in sorted((OFFLINE_DIR / "data").rglob("*.jsonl")) for line in path.read_text().splitlines() if line]
+    return [heldout_text(), *items]
+
+
+@lru_cache(maxsize=1)
+def offline_text() -> str:
+    """The calibration text, minus each paragraph that would share a 13-gram with any evaluation text."""
+    seen = set().union(*(ngrams(t) for t in evaluation_texts()))
+    kept: list[str] = []
+    tail: list[str] = []  # the last words kept: a 13-gram may span two kept paragraphs
+    for para in split_text()[0].split("\n\n"):
+        w = words(para)
+        if not ngrams(tail + w) & seen:
+            kept.append(para)
+            tail = (tail + w)[-(NGRAM - 1) :]
+    return "\n\n".join(kept)
 
 
 def training_text(spec: FinetuneSpec) -> str:
     kind = spec.data_kind
     if kind == "pydoc":
-        return split_text()[0]
+        return offline_text()
     if kind == "file":
         from pathlib import Path
 
