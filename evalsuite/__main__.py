@@ -47,6 +47,36 @@ def _batch(text: str) -> int | str:
     raise UsageError(f"--batch-size takes a positive whole number or 'auto'; got {text!r}")
 
 
+def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
+    from evalsuite.spec.finetune import MODES, OBJECTIVES, FinetuneSpec
+
+    d = FinetuneSpec("lora-post")
+    g = parser.add_argument_group("fine-tune stage (peft LoRA; defaults of the paper's run.sh, budgets far smaller)")
+    g.add_argument("--finetune", choices=MODES, help="lora-post: adapters on the frozen quantized model; lora-pre: "
+                   "LoRA on the 16-bit model, merged, then quantized")
+    for name, kind, text in (("steps", int, "optimizer steps"), ("rank", int, "LoRA rank"), ("alpha", int, "LoRA alpha"),
+                             ("lr", float, "AdamW learning rate"), ("batch", int, "windows per step"),
+                             ("seqlen", int, "tokens per window"), ("seed", int, "window sampling and init seed"),
+                             ("log_every", int, "loss curve every this many steps")):
+        g.add_argument(f"--ft-{name.replace('_', '-')}", dest=f"ft_{name}", type=kind, default=None,
+                       help=f"{text} (default {getattr(d, name)})")
+    g.add_argument("--ft-data", dest="ft_data", default=None,
+                   help="pydoc (default: the calibration part of the bundled corpus), a text file, or a hub dataset name")
+    g.add_argument("--ft-objective", dest="ft_objective", default=None,
+                   help=f"{' | '.join(OBJECTIVES)} (default: distill for lora-post, lm for lora-pre)")
+
+
+def finetune_from_args(args: argparse.Namespace):
+    from evalsuite.spec.finetune import FinetuneSpec
+
+    given = {k[3:]: v for k, v in vars(args).items() if k.startswith("ft_") and v is not None}
+    if args.finetune is None:
+        if given:
+            raise UsageError(f"--ft-{next(iter(given)).replace('_', '-')} needs --finetune lora-post or lora-pre")
+        return None
+    return FinetuneSpec(args.finetune, **given)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from evalsuite.spec.cell import BACKENDS, DEFAULT_BACKEND, DEFAULT_SEED
     from evalsuite.spec.options import add_quant_flags
@@ -70,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evalsuite: prefix KV reuse, metered; hf: stock lm-eval HFLM")
     e.add_argument("--chat-template", action="store_true", help="apply the tokenizer's chat template to prompts")
     add_quant_flags(e)
+    add_finetune_flags(e)
 
     s = sub.add_parser("sweep", parents=[common], help="run a sweep file (models x methods x bits x suites); resumable")
     s.add_argument("config", type=Path, help="sweep YAML, e.g. sweeps/local.yaml")
@@ -101,10 +132,11 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     run = check_run_name(args.run)
     bits = [b for text in args.bits for b in _bits(text)]
     limit, tasks, options = _limit(args.limit), expand_suite(args.suite), options_from_args(args)
+    ft = finetune_from_args(args)
     cells = [
         CellSpec(model=args.model, quant=make_quant_config(args.method, b, options, model=args.model),
                  suite=args.suite, tasks=tasks, limit=limit, seed=args.seed, backend=args.backend,
-                 batch_size=_batch(args.batch_size), chat_template=args.chat_template)
+                 batch_size=_batch(args.batch_size), chat_template=args.chat_template, finetune=ft)
         for b in dict.fromkeys(bits)
     ]
     cells = list({c.quant: c for c in cells}.values())  # e.g. MPO: one cell whatever the bits

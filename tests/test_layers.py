@@ -17,7 +17,8 @@ ALLOWED = {
     "load": {"errors", "records"},
     "spec": {"errors", "records", "load", "backend"},
     "report": {"errors", "records", "spec"},
-    "run": {"errors", "console", "records", "spec", "load", "backend"},
+    "finetune": {"errors", "spec"},
+    "run": {"errors", "console", "records", "spec", "load", "backend", "finetune"},
     "__main__": {"errors", "console", "records", "spec", "load", "run", "report"},
 }
 

@@ -34,8 +34,8 @@ def test_grid_puts_one_baseline_first_and_applies_model_defaults():
 def test_shipped_sweep_files_expand_to_distinct_cells_baseline_first(path):
     grid = sweep.cells(sweep.load(path))
     assert isinstance(grid[0].quant, NoQuant)
-    assert len({(c.model, c.quant, c.tasks) for c in grid}) == len(grid)
-    assert len({(c.model, c.quant.label(), c.suite) for c in grid}) == len(grid)  # labels tell every cell apart
+    assert len({(c.model, c.quant, c.tasks, c.finetune) for c in grid}) == len(grid)
+    assert len({(c.model, c.label(), c.suite) for c in grid}) == len(grid)  # labels tell every cell apart
 
 
 @pytest.mark.parametrize("content,message", [

@@ -36,6 +36,7 @@ class CellInfo:
     backend: str
     batch_size: int | str
     chat_template: bool
+    finetune: dict[str, Any] | None = None  # the FinetuneSpec's to_dict(), when the cell has a fine-tune stage
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Record:
     eval: dict[str, Any] | None = None  # backend, batch size, BOS, chat template, the backend's meter
     timing: dict[str, float] | None = None
     memory: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None  # the LoRA stage: spec, steps, tokens, wall_s, peak memory, loss curve, data hash
     schema: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

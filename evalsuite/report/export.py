@@ -12,6 +12,7 @@ import pandas as pd
 from evalsuite.errors import UsageError
 from evalsuite.records import store
 from evalsuite.report import html, plots, views
+from evalsuite.report.compensation import compensation, compensation_significance
 from evalsuite.report.frame import tidy
 from evalsuite.report.items import item_frame, pair
 from evalsuite.report.stats import ability_rows, flips, score_intervals, significance
@@ -29,9 +30,9 @@ def png_bytes(fig, dpi: int = 120) -> bytes:
 
 
 def export_all(run_dir: str | Path) -> list[Path]:
-    """Write a run's leaderboard.csv, significance.csv, flips.csv, report.md, report.tex, when matplotlib is
-    installed (the ``plots`` extra) three PNG plots, and last report.html into ``run_dir``; return the paths
-    written."""
+    """Write a run's leaderboard.csv, significance.csv, flips.csv, report.md, report.tex, with fine-tuned cells
+    compensation.csv and compensation_significance.csv, when matplotlib is installed (the ``plots`` extra) three PNG
+    plots (four with compensation.png), and last report.html into ``run_dir``; return the paths written."""
     run_dir = Path(run_dir)
     records, _ = store.read_run(run_dir)
     df = tidy(records)
@@ -47,6 +48,10 @@ def export_all(run_dir: str | Path) -> list[Path]:
         "report.md": f"# Run {run_dir.name}\n\n{to_markdown(sections)}",
         "report.tex": to_latex(sections),
     }
+    comp = compensation(df, records)
+    if not comp.empty:  # a run with fine-tuned cells: what each fine-tune stage recovered, and its significance
+        files["compensation.csv"] = comp.to_csv(index=False)
+        files["compensation_significance.csv"] = compensation_significance(items, records).to_csv(index=False)
     written = []
     for name, text in files.items():
         store.write_atomic(run_dir / name, text.encode())
@@ -56,7 +61,8 @@ def export_all(run_dir: str | Path) -> list[Path]:
         warnings.warn("matplotlib is not installed: plots skipped (pip install 'evalsuite[plots]')", stacklevel=2)
     else:
         figures = {"score_vs_bits.png": plots.fig_score_vs_bits(df, ability_rows(intervals)),
-                   "retention.png": plots.fig_retention(df), "score_vs_size.png": plots.fig_score_vs_size(df)}
+                   "retention.png": plots.fig_retention(df), "score_vs_size.png": plots.fig_score_vs_size(df),
+                   **({"compensation.png": plots.fig_compensation(comp)} if not comp.empty else {})}
         figures = {name: png_bytes(fig) for name, fig in figures.items()}
     for name, data in figures.items():
         store.write_atomic(run_dir / name, data)

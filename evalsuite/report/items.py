@@ -90,14 +90,15 @@ def item_frame(run_dir: str | Path, records: list[Record]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*ITEM_COLUMNS, "cell_id"])
 
 
-def pair(items: pd.DataFrame, records: list[Record]) -> pd.DataFrame:
+def pair(items: pd.DataFrame, records: list[Record], against: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per non-baseline cell x item its baseline also answered: both per-item values (``value16`` is the
-    baseline's, ``value`` the cell's). Items are paired on (subtask, doc_id, doc_hash)."""
+    baseline's, ``value`` the cell's). Items are paired on (subtask, doc_id, doc_hash). ``against`` (cell id ->
+    the cell it is compared with) replaces the baselines, e.g. a fine-tuned cell's un-fine-tuned twin."""
     by_id = {r.cell_id: r for r in records}
     per_cell = {cid: g.drop(columns="cell_id") for cid, g in items.groupby("cell_id", sort=False)}
     empty = pd.DataFrame(columns=ITEM_COLUMNS)
     frames = []
-    for cid, base in baseline_ids(records).items():
+    for cid, base in (baseline_ids(records) if against is None else against).items():
         if cid == base:
             continue
         base_values = per_cell.get(base, empty).drop(columns=["task", "target", "question"]).rename(

@@ -166,3 +166,27 @@ def fig_score_vs_size(df: pd.DataFrame):
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig
+
+
+def fig_compensation(comp: pd.DataFrame):
+    """Share of the 16-bit gap a fine-tune stage recovers ((ft - q) / (16 - q)) per bit width, one panel per model
+    x fidelity metric (KL, held-out ppl, top-1 agreement), one line per method family x fine-tune mode."""
+    metrics = [("kl_mean", "KL"), ("heldout_ppl", "held-out ppl"), ("top1_agreement", "top-1 agreement")]
+    models = sorted(comp["model"].unique())
+    fig, axes = _figure(max(len(models), 1), len(metrics), width=4.5, height=3.5)
+    if comp.empty:
+        _empty(axes[0, 0], "fine-tuned cell with an un-fine-tuned twin")
+    for r, model in enumerate(models):
+        rows = comp[comp["model"] == model]
+        for ax, (metric, name) in zip(axes[r], metrics):
+            for j, ((family, mode), line) in enumerate(rows.groupby(["family", "finetune"], sort=True)):
+                line = line.sort_values("bits")
+                ax.plot(line["bits"].astype(float), line[f"{metric}_recovered"], marker="o",
+                        linestyle=LINE_STYLES[j % len(LINE_STYLES)], label=f"{family} +{mode}")
+            ax.axhline(0.0, color="grey", linewidth=1)
+            ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+            _precision_axis(ax, rows["bits"].astype(float))
+            ax.set(title=f"{model}: {name}", ylabel="16-bit gap recovered")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="x-small")
+    return fig

@@ -3,5 +3,5 @@
 ``ray_executor``: one Ray task per cell), ``run_cell`` (one cell's stages: reference, load, compress, held-out
 fidelity, evaluate, record), and the process environment they need.
 
-May import: spec, load, backend, records, evalsuite.console, quant, lm-eval, ray (only in ray_executor).
+May import: spec, load, backend, records, finetune (the LoRA stage), evalsuite.console, quant, lm-eval, ray (only in ray_executor).
 """

@@ -1,4 +1,5 @@
-"""One cell, stage by stage: reference -> load -> compress -> held-out fidelity -> evaluate -> samples -> Record.
+"""One cell, stage by stage: reference -> load -> [lora-pre] -> compress -> [lora-post] -> held-out fidelity ->
+evaluate -> samples -> Record.
 Two ways to get the model ready: in this process for our backend and HFLM (``prepare_module``), or as a checkpoint
 on disk for vLLM (``prepare_vllm``).
 
@@ -22,7 +23,8 @@ from evalsuite.records import store
 from evalsuite.records.provenance import environment
 from evalsuite.records.record import CellInfo, Heldout, ModelInfo, Record, TaskInfo
 from evalsuite.run import heldout
-from evalsuite.run.memory import peak_memory
+from evalsuite.finetune import train
+from evalsuite.run.memory import peak_memory, peak_so_far
 from evalsuite.spec.cell import CellSpec
 from evalsuite.spec.tasks import OFFLINE_DIR, known_task_names
 from quant import Footprint, NoQuant, quantize_
@@ -34,9 +36,10 @@ SAMPLE_KEYS = ("doc_id", "doc", "target", "resps", "filtered_resps", "filter", "
 
 def cell_info(cell: CellSpec) -> CellInfo:
     return CellInfo(
-        model=cell.model, method=cell.quant.method, bits=cell.quant.bit_width, label=cell.quant.label(),
+        model=cell.model, method=cell.quant.method, bits=cell.quant.bit_width, label=cell.label(),
         quant=cell.quant.to_dict(), suite=cell.suite, tasks=list(cell.tasks), limit=cell.limit, seed=cell.seed,
         backend=cell.backend, batch_size=cell.batch_size, chat_template=cell.chat_template,
+        finetune=cell.finetune.to_dict() if cell.finetune else None,
     )
 
 
@@ -77,6 +80,7 @@ def run_cell(cell: CellSpec, ref: ModelRef, run_dir: Path, cid: str, identity: d
               "meter": getattr(lm, "meter", None), **ready.engine},
         timing={k: round(v, 3) for k, v in timing.items()},
         memory=ready.memory,
+        finetune=ready.finetune,
     )
 
 
@@ -91,6 +95,7 @@ class Ready:
     params: int
     memory: dict[str, Any]
     engine: dict[str, Any] = field(default_factory=dict)  # vLLM: its engine arguments
+    finetune: dict[str, Any] | None = None  # the fine-tune stage's record section
 
 
 @contextmanager
@@ -104,12 +109,45 @@ def prepare_module(cell: CellSpec, ref: ModelRef, timed) -> Iterator[Ready]:
         ids = heldout.probe_ids(tok)
         if reference is None:  # post-load methods: from this very model, before it changes
             reference = heldout.logprobs(model, ids)[0]
+        ft, tuned = cell.finetune, None
+        if ft and ft.mode == "lora-pre":  # the reference above stays the original 16-bit model's
+            tuned = timed("finetune", finetune_stage, lambda: train.lora_pre_(model, ft, tok))
+        teacher = distill_teacher(model, ref, cell) if ft and ft.mode == "lora-post" else None
         footprint = timed("quantize", lambda: quantize_(model, cell.quant, tokenizer=tok,
                                                         checkpoint=Path(source.path) if source is not ref else None))
+        if ft and ft.mode == "lora-post":  # fidelity and evaluation below include the adapters
+            tuned = timed("finetune", finetune_stage, lambda: train.lora_post_(model, ft, tok, teacher))
+            del teacher
+            add_adapters(footprint, tuned)
         fidelity = heldout.measure(*heldout.logprobs(model, ids), ref=reference)
         del reference
         yield Ready(make_lm(cell.backend, model, tok, cell.batch_size), footprint, fidelity,
-                    params=sum(p.numel() for p in model.parameters()), memory=memory)
+                    params=sum(p.numel() for p in model.parameters()), memory=memory, finetune=tuned)
+
+
+def finetune_stage(fn) -> dict[str, Any]:
+    """Run a fine-tune function; its section gets the cell's peak memory as it stands when training ends."""
+    out = fn()
+    return {**out, "memory": peak_so_far()}
+
+
+def distill_teacher(model, ref: ModelRef, cell: CellSpec):
+    """The frozen unquantized model the distill objective reads: a copy of ``model`` before it is quantized, or for
+    load-time methods a fresh load of the source."""
+    if cell.finetune.objective != "distill":
+        return None
+    if cell.quant.load_time:
+        return load(ref)[0].eval().requires_grad_(False)
+    import copy
+
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def add_adapters(footprint: Footprint, tuned: dict[str, Any]) -> None:
+    """The adapters are stored too: their bits count in the linears' bits/weight and in the packed bytes."""
+    footprint.linear_bits += 8 * tuned["adapter_bytes"]
+    footprint.extra.update(adapter_params=tuned["adapter_params"], adapter_bytes=tuned["adapter_bytes"],
+                           adapter_dtype=tuned["adapter_dtype"])
 
 
 @contextmanager

@@ -4,6 +4,7 @@ layer shapes (on a weightless skeleton) and calibration text (with the tokenizer
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from evalsuite.errors import UsageError
 from evalsuite.load.models import load_tokenizer, resolve, skeleton
@@ -24,6 +25,9 @@ def preflight(cells: list[CellSpec]) -> dict:
     refs = {name: resolve(name) for name in dict.fromkeys(cell.model for cell in cells)}
     shapes = lru_cache(maxsize=None)(lambda name: skeleton(refs[name]))
     tokenizers = lru_cache(maxsize=None)(lambda name: load_tokenizer(refs[name]))
+    for cell in cells:
+        if cell.finetune:
+            check_finetune(cell, tokenizers(cell.model))
     check_vllm([cell.quant for cell in cells if cell.backend == "vllm"])
     for cell in cells:
         cell.quant.validate(shapes(cell.model))
@@ -35,6 +39,38 @@ def preflight(cells: list[CellSpec]) -> dict:
                              f"from here; use --calib-source pydoc (offline)")
         calib.check(tokenizers(cell.model))
     return refs
+
+
+# lora-post needs layers peft can wrap: MPO's factored linears are none; GPTQModel's packed layers peft wraps only
+# with optimum installed (it is not; and its adapters would sit on kernels we have not tested)
+NO_LORA_POST = {"mpo": "MPO's factored cores are no linears peft can put adapters on",
+                "mpo+rtn": "MPO's factored cores are no linears peft can put adapters on"}
+
+
+def check_finetune(cell: CellSpec, tokenizer) -> None:
+    from evalsuite.finetune import data
+    from quant import NoQuant
+
+    ft = cell.finetune
+    if isinstance(cell.quant, NoQuant):
+        raise UsageError("--finetune compensates quantization, so it needs a quantized cell; drop 16 from --bits "
+                         "(the baseline is the same run without --finetune, or a sweep's finetune: [none, ...])")
+    if cell.backend == "vllm":
+        raise UsageError("--backend vllm serves checkpoints without LoRA adapters; fine-tuned cells run on "
+                         "--backend evalsuite or hf")
+    if ft.mode == "lora-post":
+        reason = NO_LORA_POST.get(cell.quant.method)
+        if cell.quant.method == "gptq" and cell.quant.builds_checkpoint:
+            reason = f"GPTQ ({cell.quant.gptq_impl}) packed layers need peft's GPTQModel path, which needs optimum"
+        if reason:
+            raise UsageError(f"--finetune lora-post on {cell.quant.label()}: {reason}; use --finetune lora-pre, or "
+                             f"--gptq-impl native / --method rtn")
+    if ft.data_kind == "hub" and not datasets_cached_by_user() and not hub_reachable():
+        raise UsageError(f"--ft-data {ft.data} reads a dataset from the Hugging Face hub, which is not reachable from "
+                         f"here; use --ft-data pydoc (offline) or a local text file")
+    if ft.data_kind == "file" and not Path(ft.data).is_file():
+        raise UsageError(f"--ft-data {ft.data}: no such file; give a text file, pydoc (offline), or a hub dataset name")
+    data.check(ft, tokenizer)
 
 
 def check_vllm(configs: list) -> None:

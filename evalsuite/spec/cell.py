@@ -1,6 +1,6 @@
 """What one evaluation cell is, and its content-addressed id.
 
-A cell is (model, quant config, tasks, limit, seed, backend). Its id hashes everything that can change a
+A cell is (model, quant config, optional fine-tune stage, tasks, limit, seed, backend). Its id hashes everything that can change a
 score — the model's weight fingerprint, the full quant config, the task names with a hash of the task files
 that define them, limit, seed, backend and its version — so resume is "skip a cell whose record exists",
 and any change to those inputs makes a new cell instead of silently reusing an old answer.
@@ -16,6 +16,7 @@ from typing import Any
 from evalsuite.backend import choose_backend
 from evalsuite.errors import UsageError
 from evalsuite.records.provenance import package_version
+from evalsuite.spec.finetune import FinetuneSpec
 from evalsuite.spec.resources import Resources
 from evalsuite.spec.tasks import tasks_hash
 from quant import QuantConfig
@@ -38,6 +39,7 @@ class CellSpec:
     batch_size: int | str = "auto"
     chat_template: bool = False
     resources: Resources = Resources()  # where it can run, not what it computes: not in the id
+    finetune: FinetuneSpec | None = None  # the optional LoRA stage (evalsuite/finetune)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -58,10 +60,16 @@ class CellSpec:
             "backend_version": package_version({"evalsuite": "evalsuite", "vllm": "vllm"}.get(self.backend, "lm_eval")),
             "lm_eval_version": package_version("lm_eval"),
             "chat_template": self.chat_template,
+            # only when set: cells without a fine-tune stage keep the ids of runs made before it existed
+            **({"finetune": self.finetune.to_dict()} if self.finetune else {}),
         }
 
+    def label(self) -> str:
+        """The quant label, with the fine-tune stage when there is one: 3bit-rtn-g64+lora-post-distill-r8-s60."""
+        return self.quant.label() + (f"+{self.finetune.label()}" if self.finetune else "")
+
     def describe(self) -> str:
-        return f"{self.model} {self.quant.label()} {self.suite}"
+        return f"{self.model} {self.label()} {self.suite}"
 
 
 def cell_id(identity: dict[str, Any]) -> str:

@@ -11,6 +11,9 @@
     executor: ray              # optional: in-process (default) | ray
     max_retries: 2             # optional: Ray reruns a cell whose worker died, at most this often
     recovery: {mmlu: 0.97}     # optional: exit 1 when a cell's score / its baseline's falls below the gate
+    finetune:                  # optional axis: every quantized cell once per entry (the 16-bit baseline once)
+      - none
+      - {mode: lora-post, steps: 60}                   # any FinetuneSpec field: steps, rank, alpha, lr, data, ...
 
 Bits 16 is each model's unquantized baseline (method none); it appears once per model x suite however many methods
 list it.
@@ -24,13 +27,14 @@ import yaml
 
 from evalsuite.errors import UsageError
 from evalsuite.spec.cell import DEFAULT_BACKEND, DEFAULT_SEED, CellSpec, check_run_name
+from evalsuite.spec.finetune import finetune_spec
 from evalsuite.spec.options import check_sweep_options, make_quant_config
 from evalsuite.spec.resources import model_entry
 from evalsuite.spec.tasks import expand_suite
 from quant import NoQuant
 
 TOP_KEYS = {"run", "models", "methods", "suites", "limit", "seed", "backend", "batch_size", "chat_template", "executor",
-            "max_retries", "recovery"}
+            "max_retries", "recovery", "finetune"}
 EXECUTORS = ("in-process", "ray")
 MAX_RETRIES = 10  # a cell whose worker keeps dying is a broken node or cell, not bad luck
 
@@ -59,6 +63,10 @@ def cells(doc: dict[str, Any], limit: int | None = None) -> list[CellSpec]:
     lim = limit if limit is not None else doc.get("limit")
     if lim is not None and (not isinstance(lim, int) or lim < 1):
         raise UsageError(f"sweep limit must be a positive whole number; got {lim!r}")
+    axis = doc.get("finetune", [None])
+    if not isinstance(axis, list) or not axis:
+        raise UsageError(f"finetune must be a non-empty list of none or mappings with a mode; got {axis!r}")
+    finetunes = list(dict.fromkeys(finetune_spec(f) for f in axis))
     out: dict[tuple, CellSpec] = {}
     for entry in doc["models"]:
         model, resources = model_entry(entry)
@@ -72,11 +80,14 @@ def cells(doc: dict[str, Any], limit: int | None = None) -> list[CellSpec]:
                     if not isinstance(bits, int):
                         raise UsageError(f"bits must be whole numbers such as 16 8 4 3 2; got {bits!r}")
                     cfg = make_quant_config(method["method"], bits, options, model=model)
-                    cell = CellSpec(model=model, quant=cfg, suite=str(suite), tasks=tasks, limit=lim,
-                                    seed=doc.get("seed", DEFAULT_SEED), backend=backend,
-                                    batch_size=doc.get("batch_size", "auto"), chat_template=doc.get("chat_template", False),
-                                    resources=resources)
-                    out.setdefault((model, suite, cfg), cell)
+                    for ft in finetunes:
+                        if ft and isinstance(cfg, NoQuant):  # fine-tuning compensates quantization: none to compensate
+                            continue
+                        cell = CellSpec(model=model, quant=cfg, suite=str(suite), tasks=tasks, limit=lim,
+                                        seed=doc.get("seed", DEFAULT_SEED), backend=backend,
+                                        batch_size=doc.get("batch_size", "auto"),
+                                        chat_template=doc.get("chat_template", False), resources=resources, finetune=ft)
+                        out.setdefault((model, suite, cfg, ft), cell)
     # the baselines first: their records are what retention and flips are measured against
     return sorted(out.values(), key=lambda c: not isinstance(c.quant, NoQuant))
 
