@@ -75,7 +75,7 @@ def test_export_all_writes_every_file_and_non_empty_plots(run_dir):
     import matplotlib.image
 
     paths = report.export_all(run_dir)
-    assert {p.name for p in paths} >= {"leaderboard.csv", "report.md", "report.tex", "significance.csv",
+    assert {p.name for p in paths} >= {"leaderboard.csv", "fidelity.csv", "report.md", "report.tex", "significance.csv",
                                       "score_vs_bits.png", "retention.png", "score_vs_size.png"}
     for p in paths:
         assert p.parent == run_dir and p.stat().st_size > 0
@@ -113,7 +113,7 @@ def test_export_all_without_matplotlib_writes_the_tables(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     with pytest.warns(UserWarning, match="plots skipped"):
         paths = report.export_all(tmp_path)
-    assert [p.suffix for p in paths] == [".csv", ".csv", ".csv", ".md", ".tex", ".html"] and not list(tmp_path.glob("*.png"))
+    assert [p.suffix for p in paths] == [".csv", ".csv", ".csv", ".csv", ".md", ".tex", ".html"] and not list(tmp_path.glob("*.png"))
 
 
 def test_score_plot_has_intervals_chance_line_sample_sizes_and_log_fidelity_axes(run_dir):

@@ -342,3 +342,23 @@ def test_recovery_gates_list_cells_below_their_ratio_never_baselines(run):
     assert not below["label"].str.startswith("16bit").any()
     assert "tiny-b 4bit-gptq-g64 synthetic mmlu_offline: 0.750 < 0.8" in gate_lines(below)[list(below["model"]).index("tiny-b")]
     assert below_gates(df, {"mmlu_offline": 0.7})["model"].tolist().count("tiny-b") == 0
+
+
+def test_fidelity_puts_methods_side_by_side_by_bits_per_weight_with_quantization_time(tmp_path):
+    """Quantized cells only, from the most bits/weight down; quantization time is the in-place step plus any packed
+    checkpoint written, and None for a load-time method, which quantizes inside its load."""
+    import dataclasses
+
+    cells = {"base": (16, "rtn", 64, {}), "r4": (4, "rtn", 64, {"quantize_s": 0.5}),
+             "h8": (8, "hqq", 64, {"quantize_s": 2.0}), "g3": (3, "gptq", 32, {"pack_s": 30.0, "quantize_s": 1.5}),
+             "b4": (4, "bnb", 64, {"load_s": 3.0})}
+    for i, (cid, (bits, method, group, timing)) in enumerate(cells.items()):
+        rec = make_record(cid, bits, {"mmlu_offline": [1, 0]}, method=method, group_size=group,
+                          heldout=(10.0 + i, 0.1 * i, 1 - 0.1 * i))
+        store.write_record(tmp_path, dataclasses.replace(rec, timing=timing))
+    table = report.fidelity(report.load(tmp_path))
+    assert list(table["label"]) == ["8bit-hqq-g64", "4bit-rtn-g64", "4bit-bnb-g64", "3bit-gptq-g32"]
+    assert list(table["bits_per_weight"]) == [8.5, 4.5, 4.5, 4.0]  # the two 4.5s in order of perplexity
+    assert table.set_index("label")["quantize_s"].to_dict() == pytest.approx(
+        {"8bit-hqq-g64": 2.0, "4bit-rtn-g64": 0.5, "4bit-bnb-g64": math.nan, "3bit-gptq-g32": 31.5}, nan_ok=True)
+    assert table["heldout_ppl"].tolist() == [12.0, 11.0, 14.0, 13.0] and "finetune_s" not in table

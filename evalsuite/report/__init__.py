@@ -24,6 +24,7 @@ from evalsuite.report.views import (
     ability_pivot,
     cells,
     failures,
+    fidelity,
     leaderboard,
     perplexity,
     retention_pivot,

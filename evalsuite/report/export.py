@@ -30,7 +30,7 @@ def png_bytes(fig, dpi: int = 120) -> bytes:
 
 
 def export_all(run_dir: str | Path) -> list[Path]:
-    """Write a run's leaderboard.csv, significance.csv, flips.csv, report.md, report.tex, with fine-tuned cells
+    """Write a run's leaderboard.csv, significance.csv, flips.csv, fidelity.csv, report.md, report.tex, with fine-tuned cells
     compensation.csv and compensation_significance.csv, when matplotlib is installed (the ``plots`` extra) three PNG
     plots (four with compensation.png), and last report.html into ``run_dir``; return the paths written."""
     run_dir = Path(run_dir)
@@ -45,6 +45,7 @@ def export_all(run_dir: str | Path) -> list[Path]:
         "leaderboard.csv": views.leaderboard(df).to_csv(index=False),
         "significance.csv": sig.to_csv(index=False),
         "flips.csv": flips(pairs).to_csv(index=False),
+        "fidelity.csv": views.fidelity(df).to_csv(index=False),
         "report.md": f"# Run {run_dir.name}\n\n{to_markdown(sections)}",
         "report.tex": to_latex(sections),
     }

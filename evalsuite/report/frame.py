@@ -25,7 +25,8 @@ BASELINE_METHOD = "none"
 CELL_COLUMNS = ["model", "method", "bits", "group_size", "bits_per_weight", "packed_bytes"]
 CELL_FRAME = [
     "cell_id", "status", "error", *CELL_COLUMNS, "label", "family", "params", "suite", "limit", "seed", "backend",
-    "chat_template", "baseline_id", "heldout_ppl", "kl_mean", "kl_p95", "top1_agreement", "wall_s",
+    "chat_template", "baseline_id", "heldout_ppl", "kl_mean", "kl_p95", "top1_agreement", "quantize_s", "finetune_s",
+    "wall_s",
 ]
 TASK_FRAME = ["task", "top_level", "ability", "metric", "filter", "primary", "value", "stderr", "n", "lower_is_better",
               "normalized"]
@@ -78,8 +79,17 @@ def _cell_row(rec: Record, baselines: dict[str, str]) -> dict[str, Any]:
         "packed_bytes": fp.get("packed_bytes"), "label": spec.label, "family": family(spec),
         "params": rec.model.params if rec.model else None, **{k: getattr(spec, k) for k in BASELINE_KEY},
         "baseline_id": baselines.get(rec.cell_id),
-        **{col: number(getattr(rec.heldout, k, None)) for k, col in HELDOUT.items()}, "wall_s": rec.wall_s,
+        **{col: number(getattr(rec.heldout, k, None)) for k, col in HELDOUT.items()},
+        "quantize_s": quantize_seconds(rec.timing or {}), "finetune_s": (rec.timing or {}).get("finetune_s"),
+        "wall_s": rec.wall_s,
     }
+
+
+def quantize_seconds(timing: dict[str, float]) -> float | None:
+    """Time spent making the quantized weights: in place (``quantize``), or writing a packed checkpoint (``pack``,
+    zero when it came from the cache). Load-time methods (bitsandbytes) quantize inside ``load``: None."""
+    parts = [timing[k] for k in ("pack_s", "quantize_s") if k in timing]
+    return sum(parts) if parts else None
 
 
 def tidy(records: list[Record]) -> pd.DataFrame:

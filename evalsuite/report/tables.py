@@ -26,6 +26,7 @@ def tables(df: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "Retention vs the unquantized baseline (score / baseline score)": views.retention_pivot(df).reset_index(),
         "Delta vs the baseline on paired items (95% bootstrap CI; p: exact McNemar for right/wrong items)": sig,
         "Perplexity (lower is better; not normalized)": views.perplexity(df),
+        "Fidelity per bits/weight (held-out text vs the unquantized model; quantization seconds)": views.fidelity(df),
         "Failed cells": views.failures(df),
     }
     return {title: frame for title, frame in sections.items() if not frame.empty}

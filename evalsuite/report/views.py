@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from evalsuite.report.frame import CELL_COLUMNS, CELL_FRAME, HELDOUT, task_info
+from evalsuite.report.frame import BASELINE_METHOD, CELL_COLUMNS, CELL_FRAME, HELDOUT, task_info
 
 
 def position(frame: pd.DataFrame) -> pd.Series:
@@ -114,6 +114,20 @@ def perplexity(df: pd.DataFrame) -> pd.DataFrame:
     values = [c for c in board.columns if c == "heldout_ppl" or ":" in c]
     board = board.dropna(subset=values, how="all").dropna(axis=1, how="all")
     return board.drop(columns="cell_id").reset_index(drop=True) if board.shape[1] > 4 else pd.DataFrame()
+
+
+def fidelity(df: pd.DataFrame) -> pd.DataFrame:
+    """Every quantized cell's held-out fidelity against its storage, methods side by side: one row per cell, from
+    the most bits/weight down (the axis on which methods are comparable, whatever bit width they are named by)."""
+    ok = cells(df[df["status"] == "ok"])
+    ok = ok[ok["method"] != BASELINE_METHOD].dropna(subset=["heldout_ppl"])
+    if ok.empty:
+        return pd.DataFrame()
+    out = ok.assign(size_MB=ok["packed_bytes"].astype(float) / 1e6).sort_values(
+        ["model", "bits_per_weight", "heldout_ppl"], ascending=[True, False, True])
+    columns = ["model", "label", "bits_per_weight", "size_MB", "heldout_ppl", "kl_mean", "top1_agreement", "quantize_s",
+               "finetune_s"]
+    return out[columns].dropna(axis=1, how="all").reset_index(drop=True)
 
 
 def metric_column(task: str, metric: str, filt: str) -> str:
