@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from quant import Footprint, QuantConfig, QuantError, option, register
-from quant.blocks import Stop, block_inputs, decoder_blocks, hidden_of, input_groups
+from quant.blocks import Stop, block_inputs, decoder_blocks, hidden_of, input_groups, run_to_hooks
 from quant.calib import CALIB_N_HELP, CALIB_SEED_HELP, CALIB_SEQLEN_HELP, CALIB_SOURCE_HELP, SOURCES, Calibration
 from quant.linears import KEEP_HELP, plan
 from quant.rtn import GROUP_HELP, check_group_size, fake_quantize, storage_bits
@@ -196,15 +196,7 @@ def _capture(block: nn.Module, inspect: list[nn.Module], last: nn.Linear, inps) 
 
     handles = [m.register_forward_pre_hook(record(i), with_kwargs=True) for i, m in enumerate(inspect)]
     handles.append(last.register_forward_pre_hook(stop))
-    try:
-        for hidden, kwargs in inps:
-            try:
-                block(hidden, **kwargs)
-            except Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
+    run_to_hooks(lambda inp: block(inp[0], **inp[1]), inps, handles)
     return calls, xs
 
 

@@ -39,17 +39,24 @@ def block_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor) -> list[
         captured.append((hidden, kwargs))
         raise Stop
 
-    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
     device = next(model.parameters()).device
+    run_to_hooks(lambda batch: model(batch.to(device), use_cache=False), ids.split(FORWARD_BATCH),
+                 [first.register_forward_pre_hook(grab, with_kwargs=True)])
+    return captured
+
+
+def run_to_hooks(run, batches, handles: list) -> None:
+    """``run`` each batch until one of the hooks behind ``handles`` raises Stop (the rest of the forward is not
+    needed), then remove the hooks, also when something else raises."""
     try:
-        for batch in ids.split(FORWARD_BATCH):
+        for batch in batches:
             try:
-                model(batch.to(device), use_cache=False)
+                run(batch)
             except Stop:
                 pass
     finally:
-        handle.remove()
-    return captured
+        for h in handles:
+            h.remove()
 
 
 def hidden_of(out: Any) -> torch.Tensor:

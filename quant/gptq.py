@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from quant import Footprint, QuantConfig, QuantError, option, register
-from quant.blocks import Stop, block_inputs, decoder_blocks, hidden_of, input_groups
+from quant.blocks import Stop, block_inputs, decoder_blocks, hidden_of, input_groups, run_to_hooks
 from quant.calib import CALIB_N_HELP, CALIB_SEED_HELP, CALIB_SEQLEN_HELP, CALIB_SOURCE_HELP, SOURCES, Calibration
 from quant.linears import KEEP_HELP, plan
 from quant.outliers import top_channels
@@ -184,15 +184,7 @@ def accumulate(block: nn.Module, gptq: GPTQ, inps: list[tuple[torch.Tensor, dict
         gptq.add_batch(args[0])
         raise Stop
 
-    handle = gptq.linears[0].register_forward_pre_hook(hook)
-    try:
-        for hidden, kwargs in inps:
-            try:
-                block(hidden, **kwargs)
-            except Stop:
-                pass
-    finally:
-        handle.remove()
+    run_to_hooks(lambda inp: block(inp[0], **inp[1]), inps, [gptq.linears[0].register_forward_pre_hook(hook)])
 
 
 @torch.no_grad()
