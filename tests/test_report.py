@@ -351,7 +351,7 @@ def test_fidelity_puts_methods_side_by_side_by_bits_per_weight_with_quantization
 
     cells = {"base": (16, "rtn", 64, {}), "r4": (4, "rtn", 64, {"quantize_s": 0.5}),
              "h8": (8, "hqq", 64, {"quantize_s": 2.0}), "g3": (3, "gptq", 32, {"pack_s": 30.0, "quantize_s": 1.5}),
-             "b4": (4, "bnb", 64, {"load_s": 3.0})}
+             "b4": (4, "bnb", 64, {"reference_s": 9.0, "load_s": 3.0, "quantize_s": 0.003})}
     for i, (cid, (bits, method, group, timing)) in enumerate(cells.items()):
         rec = make_record(cid, bits, {"mmlu_offline": [1, 0]}, method=method, group_size=group,
                           heldout=(10.0 + i, 0.1 * i, 1 - 0.1 * i))

@@ -87,7 +87,10 @@ def _cell_row(rec: Record, baselines: dict[str, str]) -> dict[str, Any]:
 
 def quantize_seconds(timing: dict[str, float]) -> float | None:
     """Time spent making the quantized weights: in place (``quantize``), or writing a packed checkpoint (``pack``,
-    zero when it came from the cache). Load-time methods (bitsandbytes) quantize inside ``load``: None."""
+    zero when it came from the cache). A load-time method without a checkpoint (bitsandbytes: its cell reads a
+    ``reference`` first) quantizes inside ``load``, where the time cannot be told apart from reading: None."""
+    if "reference_s" in timing and "pack_s" not in timing:
+        return None
     parts = [timing[k] for k in ("pack_s", "quantize_s") if k in timing]
     return sum(parts) if parts else None
 
