@@ -46,10 +46,10 @@ def test_reader_names_a_missing_or_unknown_field(tmp_path):
 
 def test_a_field_added_to_the_record_reads_old_files_with_its_default():
     """Growing the schema: a dataclass with one field more still reads a record written without it."""
-    Grown = dataclasses.make_dataclass("Grown", [("finetune", dict, dataclasses.field(default_factory=dict))],
+    Grown = dataclasses.make_dataclass("Grown", [("future_section", dict, dataclasses.field(default_factory=dict))],
                                        bases=(Record,), frozen=True)
     grown = Grown.from_dict(_record().to_dict())
-    assert grown.finetune == {} and grown.cell_id == "abc123"
+    assert grown.future_section == {} and grown.cell_id == "abc123"
 
 
 def test_write_killed_mid_way_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
