@@ -108,6 +108,7 @@ BAD = [
     (["--method", "gptq", "--gptq-impl", "gptqmodel", "--bits", "4", "--finetune", "lora-post"], "needs optimum"),
     (["--bits", "4", "--sym", "--backend", "vllm", "--finetune", "lora-post"], "without LoRA adapters"),
     (["--bits", "4", "--ft-steps", "3"], "needs --finetune"),
+    (["--method", "bnb", "--bits", "4", "--finetune", "lora-pre"], "no 16-bit model to train before quantizing"),
 ]
 
 

@@ -65,6 +65,9 @@ def check_finetune(cell: CellSpec, tokenizer) -> None:
         if reason:
             raise UsageError(f"--finetune lora-post on {cell.quant.label()}: {reason}; use --finetune lora-pre, or "
                              f"--gptq-impl native / --method rtn")
+    if ft.mode == "lora-pre" and cell.quant.load_time:  # the model is never held at 16 bit to train on first
+        raise UsageError(f"--finetune lora-pre on {cell.quant.label()}: it quantizes at load time, so there is no 16-bit "
+                         f"model to train before quantizing; use --finetune lora-post, or --method rtn / gptq")
     if ft.data_kind == "hub" and not datasets_cached_by_user() and not hub_reachable():
         raise UsageError(f"--ft-data {ft.data} reads a dataset from the Hugging Face hub, which is not reachable from "
                          f"here; use --ft-data pydoc (offline) or a local text file")
